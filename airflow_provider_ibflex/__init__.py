@@ -1,0 +1,96 @@
+"""Apache Airflow provider for Interactive Brokers' Flex Web Service.
+
+``get_provider_info`` registers the provider (entry point ``apache_airflow_provider``) and declares
+the ``ibflex`` connection type with its form, so Airflow's UI shows it without importing the hook.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def _number_field(label: str, description: str, default: float) -> dict[str, Any]:
+    return {
+        "label": label,
+        "description": description,
+        "schema": {"type": ["number", "null"], "default": default},
+    }
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider to Airflow's ProvidersManager."""
+    from airflow_provider_ibflex.protocol import DEFAULT_BASE_URL
+
+    return {
+        "package-name": "airflow-provider-ibflex",
+        "name": "Interactive Brokers Flex",
+        "description": "Request Interactive Brokers Flex Queries and stream statements into object storage.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Interactive Brokers Flex Web Service",
+                "external-doc-url": "https://www.ibkrguides.com/clientportal/performanceandstatements/flex3.htm",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Interactive Brokers Flex Web Service",
+                "python-modules": ["airflow_provider_ibflex.hooks.ibflex"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "Interactive Brokers Flex Web Service",
+                "python-modules": ["airflow_provider_ibflex.operators.ibflex"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Interactive Brokers Flex Web Service",
+                "python-modules": ["airflow_provider_ibflex.sensors.ibflex"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Interactive Brokers Flex Web Service",
+                "python-modules": ["airflow_provider_ibflex.triggers.ibflex"],
+            }
+        ],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_provider_ibflex.hooks.ibflex.IBFlexHook",
+                "hook-name": "Interactive Brokers Flex Web Service",
+                "connection-type": "ibflex",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["login", "port", "schema"],
+                    "relabeling": {"password": "Flex Web Service token", "host": "Service base URL"},
+                    "placeholders": {
+                        "host": DEFAULT_BASE_URL,
+                        "password": "token from Account Management > Reports > Settings > Flex Web Service",
+                        "extra": '{"version": 3}',
+                    },
+                },
+                "conn-fields": {
+                    "version": {
+                        "label": "Flex Web Service version",
+                        "description": "3 (recommended) or 2.",
+                        "schema": {"type": ["integer", "null"], "default": 3, "enum": [3, 2, None]},
+                    },
+                    "user_agent": {
+                        "label": "User-Agent",
+                        "description": "Replaces the default airflow-provider-ibflex/<version> Python/<x.y>.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "connect_timeout": _number_field(
+                        "Connect timeout (s)", "Seconds to establish a connection.", 10
+                    ),
+                    "read_timeout": _number_field(
+                        "Read timeout (s)", "Seconds to wait for data on an open connection.", 60
+                    ),
+                },
+            }
+        ],
+    }
