@@ -1,0 +1,306 @@
+"""IBFlexHook: the Flex Web Service over ``requests``, for workers (operator, sensor, Test button).
+
+The Hook only moves bytes: every decision about what a response means is the protocol core's.
+It adds what a worker needs around it: the connection, one ``requests.Session`` with timeouts and a
+User-Agent, per-token pacing, bounded retries with backoff and jitter, token redaction, and streaming
+of the statement into object storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import requests
+import tenacity
+from airflow.sdk import BaseHook, ObjectStoragePath
+from airflow.sdk.log import mask_secret
+
+from airflow_provider_ibflex import logredact, pacing
+from airflow_provider_ibflex.exceptions import IBFlexFatalError, IBFlexTransientError
+from airflow_provider_ibflex.protocol import (
+    FlexParseError,
+    Outcome,
+    ResponseReader,
+    describe,
+    get_statement_params,
+    redact,
+    send_request_params,
+    trusted_statement_url,
+    validate_reference_code,
+)
+from airflow_provider_ibflex.settings import FlexSettings, settings_from_connection
+from airflow_provider_ibflex.storage import resolve_destination, write_statement
+
+log = logging.getLogger(__name__)
+CHUNK_SIZE = 1024 * 1024
+# A reference code the service cannot know: answers to it show whether the token itself is accepted.
+_PROBE_REFERENCE_CODE = "1"
+
+
+@dataclass(frozen=True)
+class FlexReference:
+    """What a successful SendRequest returns.
+
+    :param reference_code: the code to pass to GetStatement.
+    :param url: the GetStatement URL to use (the service's, if trusted, else the configured one).
+    """
+
+    reference_code: str
+    url: str
+
+
+@dataclass(frozen=True)
+class StatementResult:
+    """What one GetStatement call came to.
+
+    :param state: ``landed`` when the statement is at the destination, ``pending`` while it is generated.
+    :param message: a token-free sentence about it.
+    :param metadata: for ``landed``: ``uri``, ``size``, ``sha256``, ``format`` and ``reference_code``.
+    """
+
+    state: Literal["landed", "pending"]
+    message: str
+    metadata: dict[str, Any] | None = None
+
+    @property
+    def landed(self) -> bool:
+        return self.state == "landed"
+
+
+class _Again(Exception):
+    """One attempt met a transient failure (network, 5xx, throttling, a retry code)."""
+
+    def __init__(self, message: str, throttled: bool = False) -> None:
+        super().__init__(message)
+        self.throttled = throttled
+
+
+class IBFlexHook(BaseHook):
+    """Talk to Interactive Brokers' Flex Web Service with the token of an ``ibflex`` connection.
+
+    :param ibflex_conn_id: the connection: token in ``password``; optional ``host`` (the service's base
+        URL); extras ``version``, ``user_agent``, ``connect_timeout``, ``read_timeout``.
+    """
+
+    conn_name_attr = "ibflex_conn_id"
+    default_conn_name = "ibflex_default"
+    conn_type = "ibflex"
+    hook_name = "Interactive Brokers Flex Web Service"
+
+    def __init__(self, ibflex_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        logredact.install()
+        self.ibflex_conn_id = ibflex_conn_id
+        conn = self.get_connection(ibflex_conn_id)
+        if conn.password:
+            mask_secret(conn.password)
+        self.settings: FlexSettings = settings_from_connection(
+            ibflex_conn_id, conn.password, conn.host, conn.extra_dejson
+        )
+        self._session: requests.Session | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    @property
+    def session(self) -> requests.Session:
+        """One session per Hook: connection reuse, TLS verification on, the User-Agent set."""
+        if self._session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.settings.user_agent
+            session.verify = True
+            self._session = session
+        return self._session
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def redact(self, text: object) -> str:
+        """Remove this connection's token from any text.
+
+        :param text: a URL, a message or an exception.
+        """
+        return redact(text, self.settings.token)
+
+    def _retrying(self) -> tenacity.Retrying:
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.settings.max_attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(_Again),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        backoff = tenacity.wait_exponential_jitter(initial=1, max=self.settings.backoff_max)(state)
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _Again) and error.throttled:
+            pacing.hold_off(self.settings, self.settings.throttle_wait)
+            return max(backoff, self.settings.throttle_wait)
+        return backoff
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0
+        log.warning(
+            "Flex Web Service attempt %d/%d failed (%s); retrying in %.1f s",
+            state.attempt_number,
+            self.settings.max_attempts,
+            error,
+            wait,
+        )
+
+    def _open(self, url: str, params: dict[str, str]) -> requests.Response:
+        """Make one paced GET, streaming; network failures become ``_Again`` with the token redacted."""
+        pacing.wait_turn(self.settings)
+        try:
+            return self.session.get(
+                url,
+                params=params,
+                stream=True,
+                timeout=(self.settings.connect_timeout, self.settings.read_timeout),
+            )
+        except requests.RequestException as exc:
+            raise _Again(self.redact(f"{type(exc).__name__}: {exc}")) from None
+
+    def _read_outcome(
+        self, response: requests.Response, call: Literal["send", "get"]
+    ) -> tuple[ResponseReader, Iterator[bytes]]:
+        reader = ResponseReader(response.status_code, call, self.settings.endpoints)
+        chunks = response.iter_content(CHUNK_SIZE)
+        try:
+            if not reader.decided:
+                for chunk in chunks:
+                    if reader.feed(chunk):
+                        break
+                else:
+                    reader.end()
+        except requests.RequestException as exc:
+            response.close()
+            raise _Again(self.redact(f"{type(exc).__name__}: {exc}")) from None
+        return reader, chunks
+
+    def _act_on(self, outcome: Outcome) -> None:
+        """Raise for what is not a result: transient outcomes retry, fatal ones fail the task."""
+        if outcome.kind in ("retry", "throttled"):
+            raise _Again(describe(outcome), throttled=outcome.kind == "throttled")
+        if outcome.kind == "fatal":
+            raise IBFlexFatalError(outcome)
+
+    def _with_retries(self, attempt: Any, what: str) -> Any:
+        try:
+            for try_ in self._retrying():
+                with try_:
+                    return attempt()
+        except _Again as exc:
+            raise IBFlexTransientError(
+                f"{what} failed after {self.settings.max_attempts} attempts: {exc}"
+            ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- the two calls -------------------------------------------------------------------------------
+
+    def send_request(
+        self, query_id: str | int, *, from_date: object | None = None, to_date: object | None = None
+    ) -> FlexReference:
+        """Ask the service to generate a Flex Query's statement (SendRequest).
+
+        Transient failures and throttling are retried within the bounded policy; fatal codes raise
+        ``IBFlexFatalError`` (no Airflow retries), with the code and a hint.
+
+        :param query_id: the Flex Query id.
+        :param from_date: optional first day (date or ``yyyymmdd``) overriding the query's period.
+        :param to_date: optional last day, with ``from_date``; at most 365 days after it.
+        """
+        params = send_request_params(self.settings.token, query_id, self.settings.version, from_date, to_date)
+
+        def attempt() -> FlexReference:
+            response = self._open(self.settings.endpoints.send_request, params)
+            with response:
+                reader, _ = self._read_outcome(response, "send")
+            outcome = reader.end()
+            self._act_on(outcome)
+            if outcome.kind != "reference" or not outcome.reference_code:
+                raise _Again(f"SendRequest returned no reference code ({outcome.message})")
+            return FlexReference(outcome.reference_code, outcome.url or self.settings.endpoints.get_statement)
+
+        reference: FlexReference = self._with_retries(attempt, f"SendRequest for query {params['q']}")
+        log.info("SendRequest for query %s returned reference code %s", params["q"], reference.reference_code)
+        return reference
+
+    def download_statement(
+        self,
+        reference_code: str | int,
+        destination: str | ObjectStoragePath,
+        *,
+        destination_conn_id: str | None = None,
+        url: str | None = None,
+    ) -> StatementResult:
+        """Call GetStatement once and, if the statement is ready, stream it to ``destination`` atomically.
+
+        A statement still being generated gives ``state="pending"``; fatal codes raise
+        ``IBFlexFatalError``; transient failures are retried (a broken download starts again and
+        leaves nothing behind).
+
+        :param reference_code: the code SendRequest returned.
+        :param destination: a URL (``file://``, ``s3://``, ...) or ObjectStoragePath naming the file.
+        :param destination_conn_id: the storage connection, if the store needs one.
+        :param url: the GetStatement URL from SendRequest; used only if trusted.
+        """
+        code = validate_reference_code(reference_code)
+        target = resolve_destination(destination, destination_conn_id)
+        get_url = trusted_statement_url(url, self.settings.endpoints)
+        params = get_statement_params(self.settings.token, code, self.settings.version)
+
+        def attempt() -> StatementResult:
+            response = self._open(get_url, params)
+            with response:
+                reader, rest = self._read_outcome(response, "get")
+                outcome = reader.outcome or reader.end()
+                if outcome.kind == "pending":
+                    return StatementResult("pending", describe(outcome))
+                self._act_on(outcome)
+                try:
+                    metadata = write_statement(target, reader.kind, _prepend(reader.buffered, rest), code)
+                except requests.RequestException as exc:
+                    raise _Again(self.redact(f"download interrupted: {type(exc).__name__}: {exc}")) from None
+                except FlexParseError as exc:  # truncated: the service's fault, worth another download
+                    raise _Again(str(exc)) from None
+            log.info(
+                "Statement %s landed at %s (%d bytes, sha256 %s)",
+                code,
+                metadata["uri"],
+                metadata["size"],
+                metadata["sha256"],
+            )
+            return StatementResult("landed", f"statement landed at {metadata['uri']}", metadata)
+
+        result: StatementResult = self._with_retries(attempt, f"GetStatement for reference code {code}")
+        return result
+
+    # -- Airflow's Test button -------------------------------------------------------------------------
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the token with one GetStatement for a reference code that cannot exist."""
+        params = get_statement_params(self.settings.token, _PROBE_REFERENCE_CODE, self.settings.version)
+        try:
+            response = self._open(self.settings.endpoints.get_statement, params)
+            with response:
+                reader, _ = self._read_outcome(response, "get")
+            outcome = reader.end()
+        except _Again as exc:
+            return False, f"Could not reach the Flex Web Service: {exc}"
+        if outcome.code in (1017, 1019, 1003):
+            return True, f"The Flex Web Service accepted the token (answered {outcome.code} to a probe)."
+        return False, self.redact(describe(outcome))
+
+
+def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from rest

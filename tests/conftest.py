@@ -1,0 +1,95 @@
+"""Shared fixtures: an isolated Airflow home, the simulator, connections from env vars, leak checks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+# Airflow reads its configuration at import: isolate it before anything imports airflow.
+_HOME = Path(tempfile.mkdtemp(prefix="ibflex-airflow-home-"))
+os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
+os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_HOME / 'airflow.db'}")
+
+import pytest  # noqa: E402
+
+from airflow_provider_ibflex.simulator import FlexSimulator  # noqa: E402
+
+pytest_plugins = ["airflow_provider_ibflex.simulator.pytest_plugin"]
+
+# Extras that keep tests fast: no pacing, short waits; tests of pacing and throttling set their own.
+FAST_EXTRAS: dict[str, Any] = {
+    "min_interval": 0,
+    "max_requests_per_minute": 0,
+    "throttle_wait": 0.05,
+    "backoff_max": 0.05,
+    "max_attempts": 3,
+    "connect_timeout": 2,
+    "read_timeout": 2,
+}
+
+
+def new_token() -> str:
+    """A distinctive token: 24 digits that appear nowhere else."""
+    return "9" + "".join(secrets.choice("0123456789") for _ in range(23))
+
+
+@pytest.fixture
+def token(flex_simulator: FlexSimulator) -> str:
+    """A valid token registered with the simulator."""
+    return flex_simulator.add_token(new_token())
+
+
+@pytest.fixture
+def make_conn(monkeypatch: pytest.MonkeyPatch, flex_simulator: FlexSimulator) -> Callable[..., str]:
+    """Create an ``ibflex`` connection to the simulator via ``AIRFLOW_CONN_<ID>``; returns its id."""
+    counter = iter(range(10_000))
+
+    def make(token: str, *, host: str | None = None, **extra: Any) -> str:
+        conn_id = f"ibflex_test_{next(counter)}"
+        import json
+
+        body = {
+            "conn_type": "ibflex",
+            "password": token,
+            "host": host if host is not None else flex_simulator.base_url,
+            "extra": {**FAST_EXTRAS, **extra},
+        }
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(body))
+        return conn_id
+
+    return make
+
+
+@pytest.fixture
+def out_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "landing"
+    return path
+
+
+def files_under(path: Path) -> list[str]:
+    """Every file below ``path`` (hidden ones too), relative, sorted."""
+    if not path.exists():
+        return []
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def no_token_leak(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[str, Any], None]]:
+    """Capture every log record at DEBUG; ``check(token, *values)`` asserts the token is nowhere."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+
+    def check(token: str, *values: Any) -> None:
+        for record in caplog.records:
+            assert token not in record.getMessage(), f"token leaked in log: {record.name}"
+        for value in values:
+            assert token not in repr(value), f"token leaked in {type(value).__name__}"
+
+    yield check
