@@ -47,6 +47,16 @@ def hold_off(settings: FlexSettings, seconds: float) -> None:
         window.hold_off(time.monotonic() + seconds)
 
 
+def mark_sent(settings: FlexSettings) -> None:
+    """Record that this token's last reserved request goes out now (it may have waited for more).
+
+    :param settings: the connection's settings.
+    """
+    window = _window(settings)
+    with _LOCK:
+        window.mark_sent(time.monotonic())
+
+
 def wait_turn(settings: FlexSettings) -> None:
     """Block until this token may make its next request.
 

@@ -881,6 +881,14 @@ class PacingWindow:
         self._slots.append(slot)
         return slot - now
 
+    def mark_sent(self, now: float) -> None:
+        """Record that the last reserved request actually went out at ``now`` (later than its slot).
+
+        :param now: a time on the caller's clock.
+        """
+        if self._slots:
+            self._slots[-1] = max(self._slots[-1], now)
+
     def hold_off(self, until: float) -> None:
         """Allow no request before ``until`` (after a 1018, say).
 

@@ -15,6 +15,8 @@ os.environ.setdefault("AIRFLOW_HOME", str(_HOME))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_HOME / 'airflow.db'}")
+# dag.test() runs DAGs from the configured bundle: tests copy their DAG files here.
+os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(_HOME / "dags"))
 
 import pytest  # noqa: E402
 

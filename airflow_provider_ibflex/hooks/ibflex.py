@@ -167,6 +167,9 @@ class IBFlexHook(BaseHook):
             )
         except requests.RequestException as exc:
             raise _Again(self.redact(f"{type(exc).__name__}: {exc}")) from None
+        finally:
+            # The next request counts from this answer: the service has seen this one by now.
+            pacing.mark_sent(self.settings)
 
     def _read_outcome(
         self, response: requests.Response, call: Literal["send", "get"]

@@ -164,6 +164,7 @@ class SimulatorConfig:
         the real service has since 2026.
     :param url_host: the host put in ``<Url>`` answers (defaults to the simulator's own base URL).
     :param record_digests: compute the sha256 of each statement served (costs CPU on huge ones).
+    :param references: reference codes issued in advance: code -> ``[token, query_id]``.
     """
 
     tokens: dict[str, TokenSpec] = field(default_factory=dict)
@@ -173,6 +174,7 @@ class SimulatorConfig:
     legacy: Literal["serve", "retired"] = "serve"
     url_base: str | None = None
     record_digests: bool = True
+    references: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SimulatorConfig:
@@ -254,6 +256,8 @@ class SimulatorState:
         self._calls: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
         self._codes = itertools.count(random.randint(10**9, 5 * 10**9))
+        for code, (token, query_id) in config.references.items():
+            self._references[str(code)] = _Reference(token, str(query_id), time.monotonic())
 
     # -- scripting from tests ----------------------------------------------------------------------
 

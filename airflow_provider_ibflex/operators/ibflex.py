@@ -1,0 +1,58 @@
+"""IBFlexSendRequestOperator: ask the Flex Web Service to generate a statement (SendRequest)."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_ibflex.hooks.ibflex import IBFlexHook
+from airflow_provider_ibflex.protocol import FlexInputError, validate_query_id
+
+STATEMENT_URL_KEY = "statement_url"
+
+
+class IBFlexSendRequestOperator(BaseOperator):
+    """Call SendRequest for a Flex Query and return its reference code.
+
+    The reference code is the task's return value (XCom ``return_value``, a string); the GetStatement
+    URL to use goes to XCom under ``statement_url``. Fatal service errors fail the task without
+    retries; throttling and transient errors are waited out inside the Hook's bounded policy.
+
+    :param query_id: the Flex Query id (templated).
+    :param ibflex_conn_id: the ``ibflex`` connection.
+    :param from_date: optional first day overriding the query's period, a date or ``yyyymmdd``
+        (templated, e.g. ``{{ data_interval_start | ds_nodash }}``).
+    :param to_date: optional last day, with ``from_date``; at most 365 days after it (templated).
+    """
+
+    template_fields: Sequence[str] = ("query_id", "from_date", "to_date")
+    ui_color = "#d81f26"
+
+    def __init__(
+        self,
+        *,
+        query_id: str | int,
+        ibflex_conn_id: str = IBFlexHook.default_conn_name,
+        from_date: str | datetime.date | None = None,
+        to_date: str | datetime.date | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.query_id = query_id
+        self.ibflex_conn_id = ibflex_conn_id
+        self.from_date = from_date
+        self.to_date = to_date
+
+    def execute(self, context: Context) -> str:
+        try:
+            validate_query_id(self.query_id)
+            hook = IBFlexHook(self.ibflex_conn_id)
+            reference = hook.send_request(self.query_id, from_date=self.from_date, to_date=self.to_date)
+        except FlexInputError as exc:
+            raise AirflowFailException(f"{self.task_id}: {exc}") from None
+        context["ti"].xcom_push(key=STATEMENT_URL_KEY, value=reference.url)
+        return reference.reference_code

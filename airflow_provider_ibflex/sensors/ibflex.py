@@ -1,0 +1,181 @@
+"""IBFlexStatementSensor: wait for a Flex statement and stream it into object storage.
+
+Each poke is one GetStatement: while the statement is generating the service answers 1019; once it
+is ready the same response is the statement, streamed to the destination in that one download.
+Deferrable mode pokes once on the worker, then hands the waiting to ``IBFlexStatementTrigger`` and
+downloads on the worker when the trigger says the statement is ready.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator, Context, ObjectStoragePath, PokeReturnValue, conf
+from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+
+from airflow_provider_ibflex.exceptions import IBFlexFatalError, IBFlexTransientError
+from airflow_provider_ibflex.hooks.ibflex import IBFlexHook, StatementResult
+from airflow_provider_ibflex.protocol import FlexInputError, validate_reference_code
+from airflow_provider_ibflex.storage import resolve_destination
+from airflow_provider_ibflex.triggers.ibflex import IBFlexStatementTrigger
+
+# Airflow's own deferral timeout is set past the trigger's deadline, so the trigger's timeout event
+# (which honours soft_fail here) normally comes first.
+_DEFERRAL_GRACE = timedelta(minutes=2)
+
+
+class IBFlexStatementSensor(BaseSensorOperator):
+    """Wait until a Flex statement is generated, then stream it atomically to ``destination``.
+
+    Returns (XCom ``return_value``) the metadata ``{"uri", "size", "sha256", "format",
+    "reference_code"}``, never the statement; outlet Assets get the same metadata as their event's
+    extra. Never calls SendRequest: a reference code the service no longer knows (1017) fails with a
+    message saying to re-run the upstream SendRequest task.
+
+    :param reference_code: the code from ``IBFlexSendRequestOperator`` (templated; its ``.output``
+        works too).
+    :param destination: where the statement goes: a URL (``file://``, ``s3://``, ``gs://``, ...) or an
+        ObjectStoragePath, naming the file (templated).
+    :param ibflex_conn_id: the ``ibflex`` connection.
+    :param destination_conn_id: the storage connection (e.g. ``aws_default``), if the store needs one.
+    :param url: the GetStatement URL from the operator's ``statement_url`` XCom (templated); used only
+        if it is on a trusted host.
+    :param deferrable: wait in the triggerer instead of a worker slot.
+    :param backoff_factor: deferrable mode: each wait is the previous one times this factor ...
+    :param max_poke_interval: ... up to this many seconds.
+    """
+
+    template_fields: Sequence[str] = ("reference_code", "destination", "url")
+    ui_color = "#d81f26"
+
+    def __init__(
+        self,
+        *,
+        reference_code: str | Any,
+        destination: str | ObjectStoragePath,
+        ibflex_conn_id: str = IBFlexHook.default_conn_name,
+        destination_conn_id: str | None = None,
+        url: str | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        backoff_factor: float = 1.5,
+        max_poke_interval: float = 120.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.reference_code = reference_code
+        self.destination = destination
+        self.ibflex_conn_id = ibflex_conn_id
+        self.destination_conn_id = destination_conn_id
+        self.url = url
+        self.deferrable = deferrable
+        self.backoff_factor = backoff_factor
+        self.max_poke_interval = max_poke_interval
+
+    # -- one GetStatement ------------------------------------------------------------------------
+
+    def _check_inputs(self) -> None:
+        try:
+            validate_reference_code(self.reference_code)
+            resolve_destination(self.destination, self.destination_conn_id)
+        except FlexInputError as exc:
+            raise AirflowFailException(f"{self.task_id}: {exc}") from None
+
+    def _download(self) -> StatementResult:
+        """One GetStatement; the statement, if ready, lands at the destination in the same download."""
+        self._check_inputs()
+        hook = IBFlexHook(self.ibflex_conn_id)
+        try:
+            return hook.download_statement(
+                str(self.reference_code).strip(),
+                self.destination,
+                destination_conn_id=self.destination_conn_id,
+                url=self.url or None,
+            )
+        except IBFlexFatalError as exc:
+            if exc.code == 1017:
+                raise AirflowFailException(
+                    f"Reference code {self.reference_code} is no longer valid (1017): the service has "
+                    "forgotten it or it expired. Re-run the upstream SendRequest task (clear it together "
+                    "with this sensor) to get a new reference code."
+                ) from None
+            raise
+        except IBFlexTransientError as exc:
+            # Transient trouble is not fatal: the sensor's timeout bounds how long it is tolerated.
+            self.log.warning("GetStatement failed transiently, will poke again: %s", exc)
+            return StatementResult("pending", str(exc))
+        finally:
+            hook.close()
+
+    def _landed(self, context: Context, metadata: dict[str, Any]) -> dict[str, Any]:
+        from airflow.sdk import Asset
+
+        for outlet in self.outlets or []:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra.update(metadata)
+        return metadata
+
+    # -- poke / reschedule modes -----------------------------------------------------------------
+
+    def poke(self, context: Context) -> PokeReturnValue | bool:
+        result = self._download()
+        if result.landed and result.metadata is not None:
+            return PokeReturnValue(is_done=True, xcom_value=self._landed(context, result.metadata))
+        self.log.info("Statement %s not ready yet: %s", self.reference_code, result.message)
+        return False
+
+    # -- deferrable mode -------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        deadline = time.time() + self.timeout
+        result = self._download()
+        if result.landed and result.metadata is not None:
+            return self._landed(context, result.metadata)
+        self.log.info(
+            "Statement %s not ready (%s); deferring to the triggerer", self.reference_code, result.message
+        )
+        self._defer(deadline)
+        return None
+
+    def _defer(self, deadline: float) -> None:
+        trigger = IBFlexStatementTrigger(
+            reference_code=str(self.reference_code).strip(),
+            deadline=deadline,
+            ibflex_conn_id=self.ibflex_conn_id,
+            url=self.url or None,
+            poke_interval=self.poke_interval,
+            backoff_factor=self.backoff_factor,
+            max_poke_interval=max(self.max_poke_interval, self.poke_interval),
+        )
+        remaining = timedelta(seconds=max(deadline - time.time(), 0))
+        self.defer(trigger=trigger, method_name="execute_complete", timeout=remaining + _DEFERRAL_GRACE)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Act on the trigger's event: download when ready, fail on errors, time out at the deadline.
+
+        :param context: the task context.
+        :param event: ``{"status", "message", "reference_code", "deadline", ...}``.
+        """
+        status = event.get("status")
+        if status == "ready":
+            result = self._download()
+            if result.landed and result.metadata is not None:
+                return self._landed(context, result.metadata)
+            # The service said "generating" again at the moment of download: wait again, same deadline.
+            self.log.info(
+                "Statement %s not ready after all (%s); deferring again", self.reference_code, result.message
+            )
+            self._defer(float(event.get("deadline") or time.time() + self.timeout))
+            return None
+        if status == "timeout":
+            raise AirflowSensorTimeout(f"{self.task_id}: {event.get('message')}")
+        if event.get("code") == 1017:
+            raise AirflowFailException(
+                f"Reference code {self.reference_code} is no longer valid (1017). Re-run the upstream "
+                "SendRequest task (clear it together with this sensor) to get a new reference code."
+            )
+        raise AirflowFailException(f"{self.task_id}: {event.get('message')}")

@@ -1,0 +1,241 @@
+"""IBFlexStatementTrigger: wait in the triggerer until a statement is ready, without a worker slot.
+
+The async transport of the protocol core. It polls GetStatement with httpx, reads only the head of
+each response (enough to tell an envelope from the start of a statement), closes it, and backs off.
+It never calls SendRequest, never writes to storage and never carries the statement: its one event
+says ready, error or timeout, and the worker then downloads.
+
+All triggers in one event loop share one httpx client (one connection pool and TLS context) and, per
+token, one pacing budget, so a thousand of them cost little and never draw 1018 from the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from airflow.sdk import BaseHook
+from airflow.sdk.log import mask_secret
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_ibflex import logredact, pacing
+from airflow_provider_ibflex.protocol import (
+    FlexError,
+    Outcome,
+    ResponseReader,
+    describe,
+    get_statement_params,
+    redact,
+    token_key,
+    trusted_statement_url,
+)
+from airflow_provider_ibflex.settings import FlexSettings, settings_from_connection
+
+log = logging.getLogger(__name__)
+
+# Requests in flight per event loop. httpcore's pool does work quadratic in queued requests, and the
+# service is not meant for bursts: a small gate keeps a thousand triggers cheap.
+MAX_IN_FLIGHT = 32
+# How far the jitter may move a wait, as a fraction of it.
+JITTER = 0.1
+
+
+class _LoopResources:
+    """The httpx client and in-flight gate shared by every trigger of one event loop."""
+
+    def __init__(self) -> None:
+        self.client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT),
+            follow_redirects=False,
+            verify=True,
+        )
+        self.gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+        # One token's requests go one at a time: pacing then spaces answers, not intentions.
+        self.token_locks: dict[str, asyncio.Lock] = {}
+
+
+_RESOURCES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = weakref.WeakKeyDictionary()
+
+
+def _loop_resources() -> _LoopResources:
+    loop = asyncio.get_running_loop()
+    resources = _RESOURCES.get(loop)
+    if resources is None:
+        resources = _RESOURCES[loop] = _LoopResources()
+    return resources
+
+
+def next_interval(current: float, factor: float, cap: float) -> float:
+    """The poll interval after ``current``: multiplied by ``factor``, at most ``cap``.
+
+    :param current: the interval just used.
+    :param factor: the backoff factor (1 for a constant interval).
+    :param cap: the largest interval.
+    """
+    return min(current * factor, cap)
+
+
+def jittered(seconds: float) -> float:
+    """``seconds`` moved randomly by up to ``JITTER`` of itself, so many triggers do not poll in step.
+
+    :param seconds: the nominal wait.
+    """
+    return max(seconds * (1 + random.uniform(-JITTER, JITTER)), 0.0)
+
+
+async def load_settings(conn_id: str) -> FlexSettings:
+    """Load an ``ibflex`` connection without blocking the loop and validate it.
+
+    :param conn_id: the connection id.
+    """
+    conn = await BaseHook.aget_connection(conn_id)
+    if conn.password:
+        mask_secret(conn.password)
+    return settings_from_connection(conn_id, conn.password, conn.host, conn.extra_dejson)
+
+
+async def poll_statement(settings: FlexSettings, reference_code: str, url: str | None = None) -> Outcome:
+    """One paced GetStatement that reads only the response's head; never raises for transport errors.
+
+    :param settings: the connection's settings.
+    :param reference_code: the code SendRequest returned.
+    :param url: the GetStatement URL from SendRequest, used only if trusted.
+    """
+    params = get_statement_params(settings.token, reference_code, settings.version)
+    target = trusted_statement_url(url, settings.endpoints)
+    timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=None)
+    headers = {"User-Agent": settings.user_agent}
+    resources = _loop_resources()
+    lock = resources.token_locks.setdefault(token_key(settings.token), asyncio.Lock())
+    async with lock:
+        await pacing.await_turn(settings)
+        async with resources.gate:
+            try:
+                outcome = await _read_head(resources.client, target, params, headers, timeout, settings)
+            except httpx.HTTPError as exc:
+                outcome = Outcome("retry", redact(f"{type(exc).__name__}: {exc}", settings.token))
+        # The next request with this token counts from this answer, not from when this one was sent:
+        # the service has certainly seen it by now, whatever the loop's or the network's delays.
+        pacing.mark_sent(settings)
+    return outcome
+
+
+async def _read_head(
+    client: httpx.AsyncClient,
+    url: str,
+    params: dict[str, str],
+    headers: dict[str, str],
+    timeout: httpx.Timeout,
+    settings: FlexSettings,
+) -> Outcome:
+    async with client.stream("GET", url, params=params, headers=headers, timeout=timeout) as response:
+        reader = ResponseReader(response.status_code, "get", settings.endpoints)
+        if not reader.decided:
+            async for chunk in response.aiter_raw():
+                if reader.feed(chunk):
+                    break
+            else:
+                reader.end()
+        return reader.end()
+
+
+class IBFlexStatementTrigger(BaseTrigger):
+    """Poll GetStatement until the statement is ready, an error is final, or the deadline passes.
+
+    :param reference_code: the code SendRequest returned.
+    :param deadline: absolute time (Unix seconds) after which the trigger reports ``timeout``; kept
+        through serialization, so a triggerer restart does not extend the wait.
+    :param ibflex_conn_id: the ``ibflex`` connection (loaded here; the token is never in the kwargs).
+    :param url: the GetStatement URL from SendRequest, used only if trusted.
+    :param poke_interval: the first wait between polls, in seconds.
+    :param backoff_factor: each wait is the previous one times this, up to ``max_poke_interval``.
+    :param max_poke_interval: the cap of the wait between polls, in seconds.
+    """
+
+    def __init__(
+        self,
+        reference_code: str,
+        deadline: float,
+        ibflex_conn_id: str = "ibflex_default",
+        url: str | None = None,
+        poke_interval: float = 10.0,
+        backoff_factor: float = 1.5,
+        max_poke_interval: float = 120.0,
+    ) -> None:
+        super().__init__()
+        self.reference_code = str(reference_code)
+        self.deadline = float(deadline)
+        self.ibflex_conn_id = ibflex_conn_id
+        self.url = url
+        self.poke_interval = float(poke_interval)
+        self.backoff_factor = float(backoff_factor)
+        self.max_poke_interval = float(max_poke_interval)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "reference_code": self.reference_code,
+                "deadline": self.deadline,
+                "ibflex_conn_id": self.ibflex_conn_id,
+                "url": self.url,
+                "poke_interval": self.poke_interval,
+                "backoff_factor": self.backoff_factor,
+                "max_poke_interval": self.max_poke_interval,
+            },
+        )
+
+    def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
+        payload: dict[str, Any] = {
+            "status": status,
+            "message": message,
+            "reference_code": self.reference_code,
+        }
+        return TriggerEvent({**payload, "deadline": self.deadline, **extra})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        logredact.install()
+        try:
+            settings = await load_settings(self.ibflex_conn_id)
+        except (FlexError, ValueError) as exc:
+            yield self._event("error", str(exc))
+            return
+        except Exception as exc:  # a missing connection, a secrets backend failure
+            yield self._event("error", f"could not load connection {self.ibflex_conn_id!r}: {exc}")
+            return
+        interval = self.poke_interval
+        polls = 0
+        while True:
+            remaining = self.deadline - time.time()
+            if remaining <= 0:
+                yield self._event(
+                    "timeout",
+                    f"statement {self.reference_code} not ready by the deadline after {polls} polls",
+                )
+                return
+            outcome = await poll_statement(settings, self.reference_code, self.url)
+            polls += 1
+            if outcome.kind == "statement":
+                yield self._event("ready", f"statement {self.reference_code} is ready (after {polls} polls)")
+                return
+            if outcome.kind == "fatal":
+                yield self._event("error", redact(describe(outcome), settings.token), code=outcome.code)
+                return
+            wait = interval
+            if outcome.kind == "throttled":
+                pacing.hold_off(settings, settings.throttle_wait)
+                wait = max(wait, settings.throttle_wait)
+            elif outcome.kind == "retry":
+                self.log.warning("Transient answer for %s: %s", self.reference_code, describe(outcome))
+            else:
+                self.log.info(
+                    "Statement %s: %s; next poll in %.0f s", self.reference_code, outcome.message, wait
+                )
+            interval = next_interval(interval, self.backoff_factor, self.max_poke_interval)
+            await asyncio.sleep(min(jittered(wait), max(self.deadline - time.time(), 0)))

@@ -1,0 +1,256 @@
+"""End to end in Airflow: dag.test() runs the operator, the sensor and its trigger against the simulator.
+
+All dag.test() calls live in this one module so that Airflow's start-up cost is paid once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_ibflex.simulator import FlexSimulator
+from tests.conftest import FAST_EXTRAS, files_under, new_token
+
+REPO = Path(__file__).resolve().parents[1]
+LOGICAL_DATE = datetime(2026, 11, 20, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def airflow_db() -> None:
+    """A migrated SQLite database and a DAGs folder with the example and test DAGs."""
+    dags = Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    dags.mkdir(parents=True, exist_ok=True)
+    for source in [
+        *sorted((REPO / "example_dags").glob("*.py")),
+        REPO / "tests/dag_files/ibflex_test_dags.py",
+    ]:
+        shutil.copy(source, dags / source.name)
+    exe = os.path.join(os.path.dirname(sys.executable), "airflow")
+    subprocess.run([exe, "db", "migrate"], check=True, capture_output=True, timeout=300)
+
+
+@pytest.fixture
+def conn_env(monkeypatch: pytest.MonkeyPatch, flex_simulator: FlexSimulator) -> Callable[..., str]:
+    def make(token: str, conn_id: str = "ibflex_default", **extra: Any) -> str:
+        body = {"conn_type": "ibflex", "password": token, "host": flex_simulator.base_url}
+        body["extra"] = {**FAST_EXTRAS, **extra}
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(body))
+        return conn_id
+
+    return make
+
+
+def load_dag(dag_id: str) -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    return bag.get_dag(dag_id)
+
+
+def run(dag_id: str, **conf: Any) -> tuple[dict[str, str], str]:
+    """dag.test() one DAG; return each task instance's final state (by task id, map index) and the run id."""
+    dag = load_dag(dag_id)
+    dag_run = dag.test(logical_date=LOGICAL_DATE, run_conf=conf or None)
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter(
+            TaskInstance.run_id == dag_run.run_id, TaskInstance.dag_id == dag_id
+        )
+        states = {
+            (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): str(ti.state) for ti in tis
+        }
+    return states, dag_run.run_id
+
+
+def xcoms(run_id: str) -> list[Any]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return [row.value for row in session.query(XComModel).filter(XComModel.run_id == run_id)]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("mode", ["deferred", "poke"])
+@pytest.mark.parametrize("fmt", ["xml", "csv"])
+def test_statement_lands(
+    flex_simulator: FlexSimulator, conn_env: Callable[..., str], tmp_path: Path, mode: str, fmt: str
+) -> None:
+    token = flex_simulator.add_token(new_token())
+    conn_env(token)
+    flex_simulator.add_query("42", format=fmt, size=200_000, generation_polls=3)
+    dest = tmp_path / "out" / f"s.{fmt}"
+    states, run_id = run(f"ibflex_test_{mode}", destination=f"file://{dest}")
+    assert states == {"send": "success", "land": "success"}
+    # In deferred mode the trigger also saw the statement's head before the worker downloaded it.
+    served = [r for r in flex_simulator.requests("get") if r.answer == "statement"]
+    assert len(served) == (2 if mode == "deferred" else 1)
+    assert served[-1].sha256 == sha(dest)
+    assert files_under(tmp_path / "out") == [f"s.{fmt}"]
+    values = xcoms(run_id)
+    (meta,) = [v for v in values if isinstance(v, dict)]
+    assert meta == {
+        "uri": f"file://{dest}",
+        "size": dest.stat().st_size,
+        "sha256": sha(dest),
+        "format": fmt,
+        "reference_code": served[-1].q,
+    }
+    assert served[-1].q in values
+    assert len(flex_simulator.requests("send")) == 1, "the sensor never calls SendRequest"
+    assert token not in json.dumps(values, default=str)
+
+
+def test_deferrable_sensor_lands_at_once_when_ready(
+    flex_simulator: FlexSimulator, conn_env: Callable[..., str], tmp_path: Path
+) -> None:
+    conn_env(flex_simulator.add_token(new_token()))
+    flex_simulator.add_query("42")
+    states, _ = run("ibflex_test_deferred", destination=f"file://{tmp_path}/s.xml")
+    assert states == {"send": "success", "land": "success"}
+    assert [r.answer for r in flex_simulator.requests("get")] == ["statement"]
+
+
+def test_fatal_code_fails_without_retries(
+    flex_simulator: FlexSimulator, conn_env: Callable[..., str], tmp_path: Path
+) -> None:
+    conn_env(flex_simulator.add_token(new_token()))
+    flex_simulator.add_query("42", generation_polls=1)
+    flex_simulator.add_fault("error", step="get", code=1017, skip=1)
+    states, _ = run("ibflex_test_retries", destination=f"file://{tmp_path}/s.xml")
+    assert states == {"send": "success", "land": "failed"}
+    assert len(flex_simulator.requests("send")) == 1
+    assert [r.answer for r in flex_simulator.requests("get")] == ["1019", "1017"]
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize(("soft", "expected"), [("", "failed"), ("_soft", "skipped")])
+@pytest.mark.parametrize("mode", ["deferred", "poke"])
+def test_timeout_honours_soft_fail(
+    flex_simulator: FlexSimulator,
+    conn_env: Callable[..., str],
+    tmp_path: Path,
+    soft: str,
+    expected: str,
+    mode: str,
+) -> None:
+    conn_env(flex_simulator.add_token(new_token()))
+    flex_simulator.add_query("42", generation_polls=10_000)
+    states, _ = run(f"ibflex_test_{mode}_timeout{soft}", destination=f"file://{tmp_path}/s.xml")
+    assert states == {"send": "success", "land": expected}
+    assert files_under(tmp_path) == []
+
+
+def test_asset_event_carries_metadata(flex_simulator: FlexSimulator, conn_env: Callable[..., str]) -> None:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    conn_env(flex_simulator.add_token(new_token()))
+    flex_simulator.add_query("42")
+    landed = Path(os.environ["AIRFLOW_HOME"]) / "asset-test" / "statement.xml"
+    states, run_id = run("ibflex_test_asset", destination=f"file://{landed}")
+    assert states == {"send": "success", "land": "success"}
+    with create_session() as session:
+        events = [e for e in session.query(AssetEvent).all() if e.source_run_id == run_id]
+    assert len(events) == 1
+    assert events[0].extra["sha256"] == sha(landed) and events[0].extra["format"] == "xml"
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def test_statement_lands_in_s3(
+    flex_simulator: FlexSimulator,
+    conn_env: Callable[..., str],
+    moto_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import boto3
+
+    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "eu-west-1"}
+    s3 = boto3.client("s3", endpoint_url=moto_server, **creds)
+    s3.create_bucket(Bucket="statements", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    aws = {"endpoint_url": moto_server, "region_name": "eu-west-1"}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MOTO_S3",
+        json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": aws}),
+    )
+    conn_env(flex_simulator.add_token(new_token()))
+    flex_simulator.add_query("42", size=7_000_000, generation_polls=1)
+    states, _ = run("ibflex_test_s3", destination="s3://statements/ibflex/2026-11-20/42.xml")
+    assert states == {"send": "success", "land": "success"}
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="statements").get("Contents", [])]
+    assert keys == ["ibflex/2026-11-20/42.xml"]
+    body = s3.get_object(Bucket="statements", Key=keys[0])["Body"].read()
+    served = [r for r in flex_simulator.requests("get") if r.answer == "statement"]
+    assert hashlib.sha256(body).hexdigest() == served[-1].sha256
+
+
+def test_example_dags_parse_without_errors_or_warnings() -> None:
+    import warnings
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bag = DagBag(dag_folder=str(REPO / "example_dags"))
+    assert bag.import_errors == {}
+    assert {"ibflex_statement_to_storage", "ibflex_many_queries"} <= set(bag.dag_ids)
+
+
+def test_example_dag_runs_end_to_end(
+    flex_simulator: FlexSimulator,
+    conn_env: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+
+    token = flex_simulator.add_token(new_token())
+    conn_env(token)
+    flex_simulator.add_query("100001", generation_polls=1)
+    monkeypatch.setenv("AIRFLOW_VAR_IBFLEX_DESTINATION_BASE", f"file://{tmp_path}")
+    states, _ = run("ibflex_statement_to_storage")
+    assert states == {"send_request": "success", "land_statement": "success"}
+    assert files_under(tmp_path) == ["ibflex/2026-11-20/100001.xml"]
+    sent = flex_simulator.requests("send")[0]
+    assert (sent.fd, sent.td) == ("20261120", "20261120")
+
+
+def test_mapped_example_dag(
+    flex_simulator: FlexSimulator,
+    conn_env: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+
+    token = flex_simulator.add_token(new_token())
+    conn_env(token)
+    flex_simulator.add_query("100001", generation_polls=1)
+    flex_simulator.add_query("100002", format="csv")
+    monkeypatch.setenv("AIRFLOW_VAR_IBFLEX_DESTINATION_BASE", f"file://{tmp_path}")
+    states, _ = run("ibflex_many_queries")
+    assert set(states.values()) == {"success"} and len(states) == 4
+    assert files_under(tmp_path) == ["ibflex/2026-11-20/100001.xml", "ibflex/2026-11-20/100002.csv"]

@@ -1,0 +1,241 @@
+"""IBFlexStatementTrigger in a real event loop against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from airflow_provider_ibflex.simulator import FlexSimulator
+from airflow_provider_ibflex.triggers.ibflex import IBFlexStatementTrigger, jittered, next_interval
+from tests.conftest import FAST_EXTRAS, new_token
+
+MakeConn = Callable[..., str]
+
+
+async def first_event(trigger: IBFlexStatementTrigger) -> dict[str, Any]:
+    async for event in trigger.run():
+        return dict(event.payload)
+    raise AssertionError("no event")
+
+
+def rebuilt(trigger: IBFlexStatementTrigger) -> IBFlexStatementTrigger:
+    """What the triggerer does: import the classpath and call it with the serialized kwargs."""
+    import importlib
+
+    path, kwargs = trigger.serialize()
+    module, name = path.rsplit(".", 1)
+    json.dumps(kwargs)  # JSON-safe, as the database stores it
+    return getattr(importlib.import_module(module), name)(**json.loads(json.dumps(kwargs)))
+
+
+def test_serialization_round_trip_has_no_token(make_conn: MakeConn, token: str) -> None:
+    trigger = IBFlexStatementTrigger("123", deadline=1e9, ibflex_conn_id=make_conn(token), url="https://x/y")
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_ibflex.triggers.ibflex.IBFlexStatementTrigger"
+    assert rebuilt(trigger).serialize() == (path, kwargs)
+    assert token not in json.dumps(kwargs)
+
+
+def test_polls_until_ready_with_backoff(
+    make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
+) -> None:
+    flex_simulator.add_query("1", generation_polls=3)
+    code = flex_simulator.state.issue_reference(token, "1")
+    trigger = IBFlexStatementTrigger(
+        code, deadline=time.time() + 30, ibflex_conn_id=make_conn(token), poke_interval=0.1, backoff_factor=2
+    )
+    event = asyncio.run(first_event(trigger))
+    assert event["status"] == "ready" and event["reference_code"] == code
+    times = [r.at for r in flex_simulator.requests("get")]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) == 4 and gaps[-1] > gaps[0] * 1.5, gaps
+
+
+def test_reads_only_the_head_of_a_statement(
+    make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
+) -> None:
+    flex_simulator.add_query("1", size=200_000_000)
+    code = flex_simulator.state.issue_reference(token, "1")
+    started = time.monotonic()
+    event = asyncio.run(first_event(IBFlexStatementTrigger(code, time.time() + 30, make_conn(token))))
+    assert event["status"] == "ready"
+    assert time.monotonic() - started < 5
+    assert flex_simulator.requests("get")[-1].sha256 is None, "the trigger must not read the whole body"
+
+
+@pytest.mark.parametrize(
+    ("code", "words"), [(1012, "new token"), (1017, "SendRequest again"), (1025, "lock")]
+)
+def test_fatal_codes_end_in_one_error_event(
+    make_conn: MakeConn, token: str, flex_simulator: FlexSimulator, code: int, words: str
+) -> None:
+    flex_simulator.add_query("1", generation_polls=100)
+    flex_simulator.add_fault("error", code=code, skip=1, status="Warn")
+    ref = flex_simulator.state.issue_reference(token, "1")
+    trigger = IBFlexStatementTrigger(ref, time.time() + 30, make_conn(token), poke_interval=0.05)
+    event = asyncio.run(first_event(trigger))
+    assert event["status"] == "error" and event["code"] == code and words in event["message"]
+    assert len(flex_simulator.requests("get")) == 2
+    assert token not in json.dumps(event)
+
+
+def test_transient_faults_are_waited_out(
+    make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
+) -> None:
+    flex_simulator.add_query("1", generation_polls=1)
+    for kind in ("http500", "html404", "empty", "garbage", "oversized"):
+        flex_simulator.add_fault(kind)
+    flex_simulator.add_fault("hang", seconds=10)
+    flex_simulator.add_fault("error", code=1018)
+    ref = flex_simulator.state.issue_reference(token, "1")
+    conn = make_conn(token, read_timeout=0.3, throttle_wait=0.2)
+    event = asyncio.run(first_event(IBFlexStatementTrigger(ref, time.time() + 30, conn, poke_interval=0.05)))
+    assert event["status"] == "ready"
+    answers = [r.answer for r in flex_simulator.requests("get")]
+    assert answers[-1] == "statement" and "1018" in answers and "fault:hang" in answers
+
+
+def test_timeout_at_the_absolute_deadline(
+    make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
+) -> None:
+    flex_simulator.add_query("1", generation_polls=10_000)
+    ref = flex_simulator.state.issue_reference(token, "1")
+    deadline = time.time() + 1.0
+    event = asyncio.run(
+        first_event(IBFlexStatementTrigger(ref, deadline, make_conn(token), poke_interval=0.1))
+    )
+    assert event["status"] == "timeout"
+    assert abs(time.time() - deadline) < 0.5
+
+
+def test_rebuilt_mid_way_keeps_the_original_deadline(
+    make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
+) -> None:
+    flex_simulator.add_query("1", generation_polls=10_000)
+    ref = flex_simulator.state.issue_reference(token, "1")
+    deadline = time.time() + 1.5
+    original = IBFlexStatementTrigger(ref, deadline, make_conn(token), poke_interval=0.1)
+
+    async def restart_mid_way() -> dict[str, Any]:
+        task = asyncio.ensure_future(first_event(original))
+        await asyncio.sleep(0.7)
+        task.cancel()  # the triggerer dies
+        return await first_event(rebuilt(original))
+
+    event = asyncio.run(restart_mid_way())
+    assert event["status"] == "timeout" and event["deadline"] == deadline
+    assert time.time() - deadline < 0.5
+
+
+def test_missing_connection_is_an_error_event() -> None:
+    event = asyncio.run(first_event(IBFlexStatementTrigger("1", time.time() + 5, "no_such_conn")))
+    assert event["status"] == "error" and "no_such_conn" in event["message"]
+
+
+def test_many_triggers_share_the_loop_and_each_tokens_budget(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """300 triggers (100 tokens x 3 queries) in one loop: no 1018, and the loop never stalls.
+
+    The simulator runs in its own process, as the service would: it judges the rate limit on arrival
+    times that the triggers' process cannot distort.
+    """
+    tokens = [new_token() for _ in range(100)]
+    references = {str(10**9 + i): [tokens[i // 3], "1"] for i in range(300)}
+    config = {
+        "tokens": {token: {} for token in tokens},
+        "queries": {"1": {"generation_polls": 2}},
+        "rate_limit": [0.2, 0],
+        "references": references,
+    }
+    (tmp_path / "sim.json").write_text(json.dumps(config))
+    with simulator_process(tmp_path / "sim.json") as base_url:
+        triggers = []
+        for index, token in enumerate(tokens):
+            extra = {**FAST_EXTRAS, "min_interval": 0.2, "max_requests_per_minute": 0}
+            body = {"conn_type": "ibflex", "password": token, "host": base_url, "extra": extra}
+            monkeypatch.setenv(f"AIRFLOW_CONN_SHARED_{index}", json.dumps(body))
+            codes = [code for code, (owner, _) in references.items() if owner == token]
+            triggers += [
+                IBFlexStatementTrigger(
+                    code, time.time() + 60, f"shared_{index}", poke_interval=0.1, backoff_factor=1
+                )
+                for code in codes
+            ]
+        # A running triggerer is warm: its first trigger already paid the HTTP stack's lazy imports.
+        warm = IBFlexStatementTrigger(
+            references.popitem()[0], time.time() + 60, "shared_99", poke_interval=0.1
+        )
+        asyncio.run(first_event(warm))
+        triggers = [t for t in triggers if t.reference_code in references]
+        events, worst_lag = asyncio.run(run_all_measuring_lag(triggers))
+        log = requests.get(
+            base_url.split("/AccountManagement")[0] + "/_simulator/requests", timeout=10
+        ).json()
+    assert [e["status"] for e in events] == ["ready"] * 299
+    answers = [row["answer"] for row in log]
+    assert answers.count("1019") == 600 and answers.count("statement") == 300 and "1018" not in answers
+    assert worst_lag < 0.5, f"event loop stalled for {worst_lag:.3f} s"
+
+
+async def run_all_measuring_lag(triggers: list[IBFlexStatementTrigger]) -> tuple[list[dict[str, Any]], float]:
+    """Run triggers together while a probe measures how late the loop wakes it."""
+    worst = 0.0
+    done = asyncio.Event()
+
+    async def watch_lag() -> None:
+        nonlocal worst
+        while not done.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.perf_counter() - started - 0.01)
+
+    watcher = asyncio.ensure_future(watch_lag())
+    events = await asyncio.gather(*(first_event(t) for t in triggers))
+    done.set()
+    await watcher
+    return events, worst
+
+
+@contextlib.contextmanager
+def simulator_process(config: Path) -> Iterator[str]:
+    """The simulator CLI in a subprocess; yields its base URL."""
+    ready = config.with_suffix(".ready")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_ibflex.simulator",
+            "--config",
+            str(config),
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            assert time.monotonic() < deadline and process.poll() is None, "simulator did not start"
+            time.sleep(0.05)
+        yield json.loads(ready.read_text())["base_url"]
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_backoff_arithmetic() -> None:
+    assert next_interval(10, 1.5, 120) == 15
+    assert next_interval(100, 1.5, 120) == 120
+    assert all(9 <= jittered(10) <= 11 for _ in range(100))
