@@ -21,8 +21,8 @@ browser:
 	  else echo "chromium is missing: install Debian's chromium package (sudo apt-get install chromium)"; fi; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check airflow_provider_ibflex tests example_dags benchmarks
-	$(BIN)/ruff format --check airflow_provider_ibflex tests example_dags benchmarks
+	$(BIN)/ruff check airflow_provider_ibflex tests example_dags benchmarks scripts
+	$(BIN)/ruff format --check airflow_provider_ibflex tests example_dags benchmarks scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -31,7 +31,7 @@ test: $(STAMP) browser lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
-	$(BIN)/python -m example_dags.demo
+	$(BIN)/python scripts/demo.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

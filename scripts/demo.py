@@ -1,0 +1,88 @@
+"""``make demo``: the example DAG end to end against the simulator, in a throw-away Airflow home.
+
+Sets up an Airflow home under ``.demo/`` (SQLite), starts the Flex simulator, runs
+``ibflex_statement_to_storage`` with ``airflow dags test``, stops the simulator and prints where the
+statement landed with its size and sha256.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / ".demo"
+DAG_ID = "ibflex_statement_to_storage"
+QUERY_ID = "100001"
+
+
+def main() -> int:
+    """Run the demo; return the process exit code."""
+    shutil.rmtree(DEMO, ignore_errors=True)
+    home = DEMO / "airflow"
+    home.mkdir(parents=True)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "example_dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+    }
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    print("Setting up an Airflow home in", home)
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+
+    ready = DEMO / "simulator.json"
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "airflow_provider_ibflex.simulator", "--ready-file", str(ready)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        info = wait_for(ready)
+        print(f"Flex simulator on {info['base_url']}")
+        env["AIRFLOW_CONN_IBFLEX_DEFAULT"] = json.dumps(info["connection"])
+        day = (datetime.date.today() - datetime.timedelta(days=1)).isoformat()
+        print(f"Running {DAG_ID} for {day} with airflow dags test ...")
+        result = subprocess.run(
+            [airflow, "dags", "test", DAG_ID, day], env=env, capture_output=True, text=True
+        )
+        (DEMO / "dags-test.log").write_text(result.stdout + result.stderr)
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=30)
+
+    landed = home / "statements" / "ibflex" / day / f"{QUERY_ID}.xml"
+    if result.returncode != 0 or not landed.exists():
+        print(f"The DAG run failed; its output is in {DEMO / 'dags-test.log'}")
+        return 1
+    data_hash = hashlib.sha256()
+    with landed.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            data_hash.update(chunk)
+    print("\nStatement landed:")
+    print(f"  uri:    file://{landed}")
+    print(f"  size:   {landed.stat().st_size} bytes")
+    print(f"  sha256: {data_hash.hexdigest()}")
+    return 0
+
+
+def wait_for(ready: Path) -> dict[str, object]:
+    """The simulator's ready file, once it exists."""
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("the Flex simulator did not start")
+        time.sleep(0.1)
+    return json.loads(ready.read_text())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""System test: real Airflow processes (api-server, scheduler, dag-processor, triggerer) on SQLite with
+the LocalExecutor, the simulator in its own process, and Airflow's UI in a real headless Chromium.
+
+Every process is started in its own session and stopped by its process group; everything lives in a
+temporary Airflow home.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import new_token
+
+pytestmark = pytest.mark.system
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DAG_ID = "ibflex_statement_to_storage"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    home: Path
+    api: str
+    token: str
+    env: dict[str, str]
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = (self.home / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home
+        )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            with_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                pass
+            with_group(process, signal.SIGKILL)
+            process.wait(timeout=10)
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = requests.get(f"{self.api}/api/v2{path}", params=params, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+
+def with_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def wait_until(what: str, check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except (requests.RequestException, OSError, ValueError, KeyError):
+            value = None
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    home = tmp_path_factory.mktemp("airflow-system")
+    shutil.copytree(REPO / "example_dags", home / "dags")
+    port = free_port()
+    token = new_token()
+    sim_config = home / "simulator.json"
+    sim_config.write_text(
+        json.dumps({"tokens": {token: {}}, "queries": {"100001": {"generation_polls": 2, "size": 100_000}}})
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))},
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+    }
+    system = Stack(home, f"http://127.0.0.1:{port}", token, env)
+    subprocess.run(
+        [str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
+    )
+    try:
+        ready = home / "simulator.ready"
+        system.start(
+            "simulator",
+            sys.executable,
+            "-m",
+            "airflow_provider_ibflex.simulator",
+            "--config",
+            str(sim_config),
+            "--ready-file",
+            str(ready),
+        )
+        info = wait_until("the simulator", lambda: ready.exists() and json.loads(ready.read_text()), 30)
+        env["AIRFLOW_CONN_IBFLEX_DEFAULT"] = json.dumps(info["connection"])
+        system.start(
+            "api-server", str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)
+        )
+        for name in ("scheduler", "dag-processor", "triggerer"):
+            system.start(name, str(BIN / "airflow"), name)
+
+        def healthy() -> bool:
+            health = system.get("/monitor/health")
+            return all(
+                health[part]["status"] == "healthy" for part in ("scheduler", "triggerer", "dag_processor")
+            )
+
+        wait_until("a healthy Airflow", healthy, 180)
+        wait_until("the example DAG to be parsed", lambda: system.get(f"/dags/{DAG_ID}"), 120)
+        yield system
+    finally:
+        system.stop()
+    leftovers = [p.pid for p in system.processes if p.poll() is None]
+    assert leftovers == [], f"processes left running: {leftovers}"
+
+
+def test_example_dag_defers_and_lands_in_a_real_airflow(stack: Stack) -> None:
+    api = f"{stack.api}/api/v2"
+    requests.patch(f"{api}/dags/{DAG_ID}", json={"is_paused": False}, timeout=30).raise_for_status()
+    run_id = "system_test_run"
+    body = {"dag_run_id": run_id, "logical_date": "2026-11-20T00:00:00Z"}
+    requests.post(f"{api}/dags/{DAG_ID}/dagRuns", json=body, timeout=30).raise_for_status()
+
+    def finished() -> str | None:
+        state = stack.get(f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+        return state if state in ("success", "failed") else None
+
+    assert wait_until("the DAG run", finished, 300) == "success"
+    instances = stack.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
+    assert {t["task_id"]: t["state"] for t in instances} == {
+        "send_request": "success",
+        "land_statement": "success",
+    }
+
+    # Airflow's own records: the sensor went through DEFERRED, and the triggerer ran its trigger.
+    events = stack.get("/eventLogs", dag_id=DAG_ID, run_id=run_id, task_id="land_statement", limit=100)
+    states = [e["event"] for e in events["event_logs"]]
+    assert "deferred" in states and states.count("running") == 2, states
+    log = task_log(stack, run_id, "land_statement")
+    assert "Pausing task as DEFERRED" in log
+    assert "(ID " in log and "Trigger fired event" in log
+    assert "not ready yet" in log or "deferring to the triggerer" in log
+
+    landed = stack.home / "statements" / "ibflex" / "2026-11-20" / "100001.xml"
+    assert landed.read_bytes().rstrip().endswith(b"</FlexQueryResponse>")
+
+    # The token is in no task log, XCom, rendered template field or event.
+    texts = [log, task_log(stack, run_id, "send_request"), json.dumps(events)]
+    for task_id in ("send_request", "land_statement"):
+        texts.append(json.dumps(stack.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}")))
+        texts.append(
+            json.dumps(stack.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries"))
+        )
+    xcom = stack.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/land_statement/xcomEntries/return_value")
+    texts.append(json.dumps(xcom))
+    assert '"sha256"' in xcom["value"] or "sha256" in json.dumps(xcom["value"])
+    for text in texts:
+        assert stack.token not in text
+
+
+def task_log(stack: Stack, run_id: str, task_id: str) -> str:
+    response = requests.get(
+        f"{stack.api}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1",
+        headers={"Accept": "application/json"},
+        timeout=30,
+    )
+    response.raise_for_status()
+    content = response.json()["content"]
+    return "\n".join(str(line.get("event", "")) if isinstance(line, dict) else str(line) for line in content)
+
+
+def test_connection_form_in_a_real_browser(stack: Stack) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium package is needed (make test installs it)"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{stack.api}/connections", wait_until="networkidle")
+            page.get_by_role("button", name="Add Connection").click()
+            dialog = page.get_by_role("dialog")
+            dialog.locator("input[name=connection_id]").fill("ibflex_from_ui")
+            dialog.get_by_role("combobox").fill("Interactive Brokers")
+            page.keyboard.press("Enter")
+
+            host = dialog.locator("input[name=host]")
+            password = dialog.locator("input[name=password]")
+            host.wait_for(state="visible")
+            assert dialog.get_by_text("Service base URL", exact=True).is_visible()
+            assert dialog.get_by_text("Flex Web Service token", exact=True).is_visible()
+            assert host.get_attribute("placeholder") == (
+                "https://ndcdyn.interactivebrokers.com/AccountManagement/FlexWebService"
+            )
+            assert password.get_attribute("type") == "password"
+            for hidden in ("login", "port", "schema"):
+                assert dialog.locator(f"input[name={hidden}]").count() == 0, hidden
+            password.fill("ui-token-1234")
+            host.fill("https://flex.example.org/AccountManagement/FlexWebService")
+
+            dialog.get_by_role("button", name="Extra Fields", exact=True).click()
+            assert dialog.get_by_text("Flex Web Service version").is_visible()
+            user_agent = dialog.locator("input[name=element_user_agent]")
+            user_agent.wait_for(state="visible")
+            user_agent.fill("my-desk/2.0")
+            page.screenshot(path=str(stack.home / "connection-form.png"))
+            dialog.get_by_role("button", name="Save").click()
+            wait_until("the connection to be saved", lambda: stack.get("/connections/ibflex_from_ui"), 30)
+        finally:
+            browser.close()
+
+    saved = stack.get("/connections/ibflex_from_ui")
+    assert saved["conn_type"] == "ibflex"
+    assert saved["host"] == "https://flex.example.org/AccountManagement/FlexWebService"
+    assert json.loads(saved["extra"])["user_agent"] == "my-desk/2.0"
+    assert "ui-token-1234" not in json.dumps(saved)
