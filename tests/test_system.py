@@ -7,6 +7,7 @@ temporary Airflow home.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -70,10 +71,8 @@ class Stack:
             with_group(process, signal.SIGTERM)
         deadline = time.monotonic() + 30
         for process in self.processes:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                pass
             with_group(process, signal.SIGKILL)
             process.wait(timeout=10)
 
@@ -84,10 +83,8 @@ class Stack:
 
 
 def with_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def wait_until(what: str, check: Any, timeout: float) -> Any:
