@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SOURCES := airflow_provider_ibflex tests example_dags scripts $(wildcard benchmarks/*.py)
 
 .PHONY: install browser lint typecheck test demo bench clean
 
@@ -21,8 +22,8 @@ browser:
 	  else echo "chromium is missing: install Debian's chromium package (sudo apt-get install chromium)"; fi; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check airflow_provider_ibflex tests example_dags benchmarks scripts
-	$(BIN)/ruff format --check airflow_provider_ibflex tests example_dags benchmarks scripts
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
