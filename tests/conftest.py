@@ -95,3 +95,15 @@ def no_token_leak(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[str, A
             assert token not in repr(value), f"token leaked in {type(value).__name__}"
 
     yield check
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the reliability suite's counts when it ran."""
+    import sys
+
+    module = sys.modules.get("tests.test_reliability")
+    if module is None or not module.REPORT["faults injected"]:
+        return
+    terminalreporter.section("reliability")
+    for name, count in module.REPORT.items():
+        terminalreporter.write_line(f"{name}: {count}")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import requests
 
 from airflow_provider_ibflex.simulator import FlexSimulator
 from airflow_provider_ibflex.triggers.ibflex import IBFlexStatementTrigger, jittered, next_interval
-from tests.conftest import FAST_EXTRAS, new_token
+from tests.conftest import new_token
 
 MakeConn = Callable[..., str]
 
@@ -143,69 +144,52 @@ def test_missing_connection_is_an_error_event() -> None:
     assert event["status"] == "error" and "no_such_conn" in event["message"]
 
 
-def test_many_triggers_share_the_loop_and_each_tokens_budget(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_many_triggers_share_the_loop_and_each_tokens_budget(tmp_path: Path) -> None:
     """300 triggers (100 tokens x 3 queries) in one loop: no 1018, and the loop never stalls.
 
-    The simulator runs in its own process, as the service would: it judges the rate limit on arrival
-    times that the triggers' process cannot distort.
+    The simulator and the triggers each run in their own process, as the service and a triggerer
+    would: the simulator judges the rate limit on arrival times, and the loop's lag is a triggerer's.
     """
     tokens = [new_token() for _ in range(100)]
-    references = {str(10**9 + i): [tokens[i // 3], "1"] for i in range(300)}
+    # 300 measured triggers, plus one that warms the triggerer up first.
+    references = {str(10**9 + i): tokens[min(i // 3, 99)] for i in range(301)}
     config = {
         "tokens": {token: {} for token in tokens},
         "queries": {"1": {"generation_polls": 2}},
         "rate_limit": [0.2, 0],
-        "references": references,
+        "references": {code: [token, "1"] for code, token in references.items()},
     }
     (tmp_path / "sim.json").write_text(json.dumps(config))
     with simulator_process(tmp_path / "sim.json") as base_url:
-        triggers = []
-        for index, token in enumerate(tokens):
-            extra = {**FAST_EXTRAS, "min_interval": 0.2, "max_requests_per_minute": 0}
-            body = {"conn_type": "ibflex", "password": token, "host": base_url, "extra": extra}
-            monkeypatch.setenv(f"AIRFLOW_CONN_SHARED_{index}", json.dumps(body))
-            codes = [code for code, (owner, _) in references.items() if owner == token]
-            triggers += [
-                IBFlexStatementTrigger(
-                    code, time.time() + 60, f"shared_{index}", poke_interval=0.1, backoff_factor=1
-                )
-                for code in codes
-            ]
-        # A running triggerer is warm: its first trigger already paid the HTTP stack's lazy imports.
-        warm = IBFlexStatementTrigger(
-            references.popitem()[0], time.time() + 60, "shared_99", poke_interval=0.1
+        spec = {
+            "base_url": base_url,
+            "references": references,
+            "poke_interval": 0.1,
+            "min_interval": 0.2,
+            "per_minute": 0,
+        }
+        (tmp_path / "load.json").write_text(json.dumps(spec))
+        load = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "airflow_provider_ibflex.simulator.trigger_load",
+                str(tmp_path / "load.json"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")},
         )
-        asyncio.run(first_event(warm))
-        triggers = [t for t in triggers if t.reference_code in references]
-        events, worst_lag = asyncio.run(run_all_measuring_lag(triggers))
+        assert load.returncode == 0, load.stderr[-3000:]
+        result = json.loads(load.stdout.strip().splitlines()[-1])
         log = requests.get(
             base_url.split("/AccountManagement")[0] + "/_simulator/requests", timeout=10
         ).json()
-    assert [e["status"] for e in events] == ["ready"] * 299
+    assert result["statuses"] == {"ready": 300}
     answers = [row["answer"] for row in log]
-    assert answers.count("1019") == 600 and answers.count("statement") == 300 and "1018" not in answers
-    assert worst_lag < 0.5, f"event loop stalled for {worst_lag:.3f} s"
-
-
-async def run_all_measuring_lag(triggers: list[IBFlexStatementTrigger]) -> tuple[list[dict[str, Any]], float]:
-    """Run triggers together while a probe measures how late the loop wakes it."""
-    worst = 0.0
-    done = asyncio.Event()
-
-    async def watch_lag() -> None:
-        nonlocal worst
-        while not done.is_set():
-            started = time.perf_counter()
-            await asyncio.sleep(0.01)
-            worst = max(worst, time.perf_counter() - started - 0.01)
-
-    watcher = asyncio.ensure_future(watch_lag())
-    events = await asyncio.gather(*(first_event(t) for t in triggers))
-    done.set()
-    await watcher
-    return events, worst
+    assert answers.count("1019") == 602 and answers.count("statement") == 301 and "1018" not in answers
+    assert result["max_lag_s"] < 0.5, f"event loop stalled for {result['max_lag_s']:.3f} s"
 
 
 @contextlib.contextmanager

@@ -89,15 +89,23 @@ def jittered(seconds: float) -> float:
     return max(seconds * (1 + random.uniform(-JITTER, JITTER)), 0.0)
 
 
+_MASKED: set[str] = set()
+
+
 async def load_settings(conn_id: str) -> FlexSettings:
     """Load an ``ibflex`` connection without blocking the loop and validate it.
 
     :param conn_id: the connection id.
     """
     conn = await BaseHook.aget_connection(conn_id)
-    if conn.password:
-        mask_secret(conn.password)
-    return settings_from_connection(conn_id, conn.password, conn.host, conn.extra_dejson)
+    settings = settings_from_connection(conn_id, conn.password, conn.host, conn.extra_dejson)
+    key = token_key(settings.token)
+    if key not in _MASKED:
+        # Airflow's masker recompiles its pattern for each new secret (over 100 ms once it holds
+        # hundreds): register each token once per process, off the event loop.
+        await asyncio.to_thread(mask_secret, settings.token)
+        _MASKED.add(key)
+    return settings
 
 
 async def poll_statement(settings: FlexSettings, reference_code: str, url: str | None = None) -> Outcome:
