@@ -159,7 +159,7 @@ class SimulatorConfig:
     :param tokens: token -> spec.
     :param queries: query id -> spec.
     :param rate_limit: ``(min_interval, per_minute)`` per token, as the service enforces; None for none.
-    :param time_scale: generation seconds are divided by this (compress time for benchmarks).
+    :param time_scale: generation times and rate-limit windows are divided by this (compressed time).
     :param legacy: ``serve`` answers on the legacy servlet paths too; ``retired`` answers them 1001 as
         the real service has since 2026.
     :param url_host: the host put in ``<Url>`` answers (defaults to the simulator's own base URL).
@@ -310,8 +310,10 @@ class SimulatorState:
         if self.config.rate_limit is None:
             return False
         min_interval, per_minute = self.config.rate_limit
+        # Compressed time compresses the limits too: 1/s and 10/min become 1/(s/k) and 10/(60 s/k).
+        min_interval, window = min_interval / self.config.time_scale, 60.0 / self.config.time_scale
         calls = self._calls.setdefault(token_key(token), deque())
-        while calls and now - calls[0] > 60:
+        while calls and now - calls[0] > window:
             calls.popleft()
         too_soon = bool(calls) and now - calls[-1] < min_interval * 0.95
         too_many = per_minute > 0 and len(calls) >= per_minute
