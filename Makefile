@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := airflow_provider_ibflex tests example_dags scripts $(wildcard benchmarks/*.py)
 
-.PHONY: install browser lint typecheck test demo bench clean
+.PHONY: install anchors browser lint typecheck test demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,17 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The benchmarks' anchors live in their own environment: they are never dependencies of the provider,
+# and ib_async pins a tzdata older than Airflow's.
+ANCHORS := .venv-anchors
+$(ANCHORS)/.installed:
+	$(PYTHON) -m venv $(ANCHORS)
+	$(ANCHORS)/bin/python -m pip install --quiet --upgrade pip
+	$(ANCHORS)/bin/python -m pip install --quiet "ibflex==1.1" "ib_async==2.1.0" requests
+	touch $(ANCHORS)/.installed
+
+anchors: $(ANCHORS)/.installed
 
 # The system test drives Airflow's UI in Debian's Chromium (Playwright never downloads a browser here).
 browser:
@@ -28,14 +39,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) browser lint typecheck
+test: $(STAMP) anchors browser lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-bench: $(STAMP)
+bench: $(STAMP) anchors
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ANCHORS) .demo .mypy_cache .ruff_cache .pytest_cache

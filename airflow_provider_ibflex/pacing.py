@@ -14,15 +14,16 @@ from airflow_provider_ibflex.protocol import PacingWindow, token_key
 from airflow_provider_ibflex.settings import FlexSettings
 
 _LOCK = threading.Lock()
-_WINDOWS: dict[tuple[str, float, int], PacingWindow] = {}
+_WINDOWS: dict[tuple[str, float, int, float], PacingWindow] = {}
 
 
 def _window(settings: FlexSettings) -> PacingWindow:
-    key = (token_key(settings.token), settings.min_interval, settings.max_requests_per_minute)
+    limits = (settings.min_interval, settings.max_requests_per_minute, settings.rate_window)
+    key = (token_key(settings.token), *limits)
     with _LOCK:
         window = _WINDOWS.get(key)
         if window is None:
-            window = _WINDOWS[key] = PacingWindow(settings.min_interval, settings.max_requests_per_minute)
+            window = _WINDOWS[key] = PacingWindow(*limits)
         return window
 
 

@@ -16,7 +16,7 @@ import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 from xml.etree.ElementTree import Element
 
@@ -537,24 +537,33 @@ def statement_is_complete(kind: BodyKind, tail: bytes) -> bool:
     return kind is BodyKind.TEXT_STATEMENT
 
 
+class HashLike(Protocol):
+    """What StatementDigest needs of a hash: ``hashlib.sha256()`` or something that wraps it."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
 class StatementDigest:
     """Size, sha256 and tail of a statement, fed chunk by chunk while it streams.
 
     :param kind: the statement's kind (XML or text).
+    :param sha: the sha256 to feed; a fresh ``hashlib.sha256()`` by default.
     """
 
     _TAIL = 256
 
-    def __init__(self, kind: BodyKind) -> None:
+    def __init__(self, kind: BodyKind, sha: HashLike | None = None) -> None:
         self.kind = kind
         self.size = 0
-        self._sha = hashlib.sha256()
+        self._sha: HashLike = sha if sha is not None else hashlib.sha256()
         self._tail = b""
 
     def update(self, chunk: bytes) -> None:
         self.size += len(chunk)
         self._sha.update(chunk)
-        self._tail = (self._tail + chunk)[-self._TAIL :]
+        self._tail = (self._tail + chunk[-self._TAIL :])[-self._TAIL :]
 
     @property
     def sha256(self) -> str:
@@ -857,14 +866,19 @@ class PacingWindow:
     how long to wait for it. Sync and async transports wrap it with their own lock and sleep.
 
     :param min_interval: seconds between two requests.
-    :param per_minute: requests allowed in any 60 seconds.
+    :param per_minute: requests allowed in any ``window`` seconds.
+    :param window: the length of the "minute" (60 s; shorter only to compress time in benchmarks).
     """
 
     def __init__(
-        self, min_interval: float = MIN_INTERVAL_SECONDS, per_minute: int = MAX_REQUESTS_PER_MINUTE
+        self,
+        min_interval: float = MIN_INTERVAL_SECONDS,
+        per_minute: int = MAX_REQUESTS_PER_MINUTE,
+        window: float = 60.0,
     ) -> None:
         self.min_interval = min_interval
         self.per_minute = per_minute
+        self.window = window
         self._slots: deque[float] = deque(maxlen=max(per_minute, 1))
         self._not_before = 0.0
 
@@ -877,7 +891,7 @@ class PacingWindow:
         if self._slots:
             slot = max(slot, self._slots[-1] + self.min_interval)
         if self.per_minute > 0 and len(self._slots) >= self.per_minute:
-            slot = max(slot, self._slots[0] + 60.0)
+            slot = max(slot, self._slots[0] + self.window)
         self._slots.append(slot)
         return slot - now
 

@@ -37,6 +37,7 @@ _NUMBER_EXTRAS: dict[str, tuple[type, float, float]] = {
     "backoff_max": (float, DEFAULT_BACKOFF_MAX, 0.0),
     "min_interval": (float, MIN_INTERVAL_SECONDS, 0.0),
     "max_requests_per_minute": (int, MAX_REQUESTS_PER_MINUTE, 0),
+    "rate_window": (float, 60.0, 0.001),
 }
 KNOWN_EXTRAS = frozenset({"version", "user_agent", *_NUMBER_EXTRAS})
 
@@ -65,6 +66,7 @@ class FlexSettings:
     :param backoff_max: cap of the exponential backoff between attempts, in seconds.
     :param min_interval: pacing: seconds between two requests with the same token.
     :param max_requests_per_minute: pacing: requests per minute with the same token (0: no limit).
+    :param rate_window: pacing: the length of that minute in seconds (shorter only in compressed time).
     """
 
     conn_id: str
@@ -79,6 +81,7 @@ class FlexSettings:
     backoff_max: float = DEFAULT_BACKOFF_MAX
     min_interval: float = MIN_INTERVAL_SECONDS
     max_requests_per_minute: int = MAX_REQUESTS_PER_MINUTE
+    rate_window: float = 60.0
 
 
 def _extra_value(extra: Mapping[str, Any], name: str) -> Any:

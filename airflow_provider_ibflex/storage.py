@@ -1,14 +1,18 @@
 """Atomic, streaming writes of a statement into Airflow object storage (file, s3, gcs, ...).
 
-The statement goes chunk by chunk into a temporary object beside the destination while its size and
-sha256 are computed; only a complete statement is then moved to the destination name. On any failure
-the temporary object is removed and nothing appears at the destination.
+The statement goes chunk by chunk to storage while its size and sha256 are computed; only a complete
+statement becomes visible under the destination name: object stores publish an upload only when it
+completes (and it is aborted on failure), other filesystems get a hidden temporary file that is
+renamed into place. On any failure nothing appears at the destination.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import queue
+import threading
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -19,6 +23,10 @@ from airflow_provider_ibflex.protocol import BodyKind, FlexInputError, Statement
 
 log = logging.getLogger(__name__)
 _LOCAL_PROTOCOLS = ("", "file", "local")
+# Stores where an object exists only once its upload completes: written directly, aborted on failure.
+ATOMIC_ON_CLOSE = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
+# Upload part size for object stores (S3's minimum part is 5 MiB); bounds what a store buffers.
+WRITE_BLOCK_SIZE = 8 * 1024 * 1024
 
 
 def resolve_destination(
@@ -68,16 +76,22 @@ def write_statement(
 ) -> dict[str, Any]:
     """Stream a statement into ``target`` atomically and return its metadata.
 
+    Object stores that create an object only when its upload completes (S3, GCS, Azure) are written
+    directly, and the upload is aborted on failure; other filesystems get a hidden temporary file
+    beside the target, renamed into place once the statement is whole.
+
     :param target: the destination (see ``resolve_destination``).
     :param kind: the statement's kind (XML or text).
     :param chunks: the statement's bytes, in order (the head first).
     :param reference_code: the reference code it was fetched with.
     """
-    digest = StatementDigest(kind)
+    direct = target.protocol in ATOMIC_ON_CLOSE
     if target.protocol in _LOCAL_PROTOCOLS:
         target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(target)
-    handle = tmp.open("wb")
+    written = target if direct else temporary_sibling(target)
+    sha = BackgroundSha256()
+    digest = StatementDigest(kind, sha)
+    handle = written.open("wb", block_size=WRITE_BLOCK_SIZE)
     try:
         for chunk in chunks:
             if chunk:
@@ -85,14 +99,19 @@ def write_statement(
                 digest.update(chunk)
         digest.check_complete()
     except BaseException:
-        _abandon(handle, tmp)
+        sha.close()
+        _abandon(handle, None if direct else written)
         raise
     try:
         handle.close()
-        target.fs.mv(tmp.path, target.path)
+        if not direct:
+            target.fs.mv(written.path, target.path)
     except BaseException:
-        _remove(tmp)
+        if not direct:
+            _remove(written)
         raise
+    finally:
+        sha.close()
     return {
         "uri": str(target),
         "size": digest.size,
@@ -102,12 +121,45 @@ def write_statement(
     }
 
 
-def _abandon(handle: Any, tmp: ObjectStoragePath) -> None:
-    # fsspec files commit what they hold on close(); discard() aborts an upload where the store has it.
+class BackgroundSha256:
+    """sha256 computed in a helper thread, so hashing overlaps the download (hashlib releases the GIL
+    on large buffers); a bounded queue keeps memory flat."""
+
+    def __init__(self, depth: int = 8) -> None:
+        self._sha = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="statement-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._sha.update(chunk)
+
+    def update(self, data: bytes, /) -> None:
+        self._queue.put(data)
+
+    def close(self) -> None:
+        """Stop the helper thread (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._sha.hexdigest()
+
+
+def _abandon(handle: Any, tmp: ObjectStoragePath | None) -> None:
+    # fsspec files commit what they hold on close(); discard() aborts an upload where the store has it
+    # (s3fs aborts the multipart upload), so a direct write leaves no object behind.
     discard = getattr(handle, "discard", None)
     with contextlib.suppress(Exception):
         if callable(discard):
             discard()
+    if tmp is None:
+        with contextlib.suppress(Exception):
+            handle.fs.invalidate_cache()
+        return
     with contextlib.suppress(Exception):
         handle.close()
     _remove(tmp)

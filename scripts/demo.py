@@ -14,8 +14,9 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from airflow_provider_ibflex.simulator.process import simulator_process
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / ".demo"
@@ -39,14 +40,7 @@ def main() -> int:
     print("Setting up an Airflow home in", home)
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
 
-    ready = DEMO / "simulator.json"
-    simulator = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_ibflex.simulator", "--ready-file", str(ready)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        info = wait_for(ready)
+    with simulator_process(None, DEMO, env=env) as info:
         print(f"Flex simulator on {info['base_url']}")
         env["AIRFLOW_CONN_IBFLEX_DEFAULT"] = json.dumps(info["connection"])
         day = (datetime.date.today() - datetime.timedelta(days=1)).isoformat()
@@ -55,9 +49,6 @@ def main() -> int:
             [airflow, "dags", "test", DAG_ID, day], env=env, capture_output=True, text=True
         )
         (DEMO / "dags-test.log").write_text(result.stdout + result.stderr)
-    finally:
-        simulator.terminate()
-        simulator.wait(timeout=30)
 
     landed = home / "statements" / "ibflex" / day / f"{QUERY_ID}.xml"
     if result.returncode != 0 or not landed.exists():
@@ -72,16 +63,6 @@ def main() -> int:
     print(f"  size:   {landed.stat().st_size} bytes")
     print(f"  sha256: {data_hash.hexdigest()}")
     return 0
-
-
-def wait_for(ready: Path) -> dict[str, object]:
-    """The simulator's ready file, once it exists."""
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if time.monotonic() > deadline:
-            raise SystemExit("the Flex simulator did not start")
-        time.sleep(0.1)
-    return json.loads(ready.read_text())
 
 
 if __name__ == "__main__":

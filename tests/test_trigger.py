@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from airflow_provider_ibflex.simulator import FlexSimulator
+from airflow_provider_ibflex.simulator.process import request_log, simulator_process
 from airflow_provider_ibflex.triggers.ibflex import IBFlexStatementTrigger, jittered, next_interval
 from tests.conftest import new_token
 
@@ -159,8 +158,8 @@ def test_many_triggers_share_the_loop_and_each_tokens_budget(tmp_path: Path) -> 
         "rate_limit": [0.2, 0],
         "references": {code: [token, "1"] for code, token in references.items()},
     }
-    (tmp_path / "sim.json").write_text(json.dumps(config))
-    with simulator_process(tmp_path / "sim.json") as base_url:
+    with simulator_process(config, tmp_path) as info:
+        base_url = info["base_url"]
         spec = {
             "base_url": base_url,
             "references": references,
@@ -183,40 +182,11 @@ def test_many_triggers_share_the_loop_and_each_tokens_budget(tmp_path: Path) -> 
         )
         assert load.returncode == 0, load.stderr[-3000:]
         result = json.loads(load.stdout.strip().splitlines()[-1])
-        log = requests.get(
-            base_url.split("/AccountManagement")[0] + "/_simulator/requests", timeout=10
-        ).json()
+        log = request_log(base_url)
     assert result["statuses"] == {"ready": 300}
     answers = [row["answer"] for row in log]
     assert answers.count("1019") == 602 and answers.count("statement") == 301 and "1018" not in answers
     assert result["max_lag_s"] < 0.5, f"event loop stalled for {result['max_lag_s']:.3f} s"
-
-
-@contextlib.contextmanager
-def simulator_process(config: Path) -> Iterator[str]:
-    """The simulator CLI in a subprocess; yields its base URL."""
-    ready = config.with_suffix(".ready")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_ibflex.simulator",
-            "--config",
-            str(config),
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert time.monotonic() < deadline and process.poll() is None, "simulator did not start"
-            time.sleep(0.05)
-        yield json.loads(ready.read_text())["base_url"]
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_backoff_arithmetic() -> None:

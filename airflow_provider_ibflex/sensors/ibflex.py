@@ -44,8 +44,8 @@ class IBFlexStatementSensor(BaseSensorOperator):
     :param url: the GetStatement URL from the operator's ``statement_url`` XCom (templated); used only
         if it is on a trusted host.
     :param deferrable: wait in the triggerer instead of a worker slot.
-    :param backoff_factor: deferrable mode: each wait is the previous one times this factor ...
-    :param max_poke_interval: ... up to this many seconds.
+    :param backoff_factor: deferrable mode: each wait is the previous one times this factor (2) ...
+    :param max_poke_interval: ... up to this many seconds (120).
     """
 
     template_fields: Sequence[str] = ("reference_code", "destination", "url")
@@ -60,7 +60,7 @@ class IBFlexStatementSensor(BaseSensorOperator):
         destination_conn_id: str | None = None,
         url: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        backoff_factor: float = 1.5,
+        backoff_factor: float = 2.0,
         max_poke_interval: float = 120.0,
         **kwargs: Any,
     ) -> None:
@@ -150,6 +150,8 @@ class IBFlexStatementSensor(BaseSensorOperator):
             poke_interval=self.poke_interval,
             backoff_factor=self.backoff_factor,
             max_poke_interval=max(self.max_poke_interval, self.poke_interval),
+            # The worker has just polled: the trigger's first poll waits one interval.
+            initial_wait=self.poke_interval,
         )
         remaining = timedelta(seconds=max(deadline - time.time(), 0))
         self.defer(trigger=trigger, method_name="execute_complete", timeout=remaining + _DEFERRAL_GRACE)

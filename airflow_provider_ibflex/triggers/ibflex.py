@@ -17,6 +17,7 @@ import random
 import time
 import weakref
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -89,23 +90,29 @@ def jittered(seconds: float) -> float:
     return max(seconds * (1 + random.uniform(-JITTER, JITTER)), 0.0)
 
 
-_MASKED: set[str] = set()
+_CONNECTION_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibflex-connections")
+
+
+def _load_settings_blocking(conn_id: str) -> FlexSettings:
+    conn = BaseHook.get_connection(conn_id)
+    if conn.password:
+        mask_secret(conn.password)
+    return settings_from_connection(conn_id, conn.password, conn.host, conn.extra_dejson)
 
 
 async def load_settings(conn_id: str) -> FlexSettings:
-    """Load an ``ibflex`` connection without blocking the loop and validate it.
+    """Load an ``ibflex`` connection and validate it, without blocking the event loop.
+
+    Loading a connection registers its password with Airflow's secrets masker, which recompiles one
+    pattern of every secret it knows (tens of milliseconds once a triggerer holds hundreds of tokens;
+    ``aget_connection`` does that on the loop). So the sync API runs in a worker thread instead: the
+    triggerer bridges its calls to the loop, and the compile never holds the loop. One thread for all:
+    several compiling at once would starve the loop of the GIL.
 
     :param conn_id: the connection id.
     """
-    conn = await BaseHook.aget_connection(conn_id)
-    settings = settings_from_connection(conn_id, conn.password, conn.host, conn.extra_dejson)
-    key = token_key(settings.token)
-    if key not in _MASKED:
-        # Airflow's masker recompiles its pattern for each new secret (over 100 ms once it holds
-        # hundreds): register each token once per process, off the event loop.
-        await asyncio.to_thread(mask_secret, settings.token)
-        _MASKED.add(key)
-    return settings
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_CONNECTION_LOADER, _load_settings_blocking, conn_id)
 
 
 async def poll_statement(settings: FlexSettings, reference_code: str, url: str | None = None) -> Outcome:
@@ -164,6 +171,7 @@ class IBFlexStatementTrigger(BaseTrigger):
     :param poke_interval: the first wait between polls, in seconds.
     :param backoff_factor: each wait is the previous one times this, up to ``max_poke_interval``.
     :param max_poke_interval: the cap of the wait between polls, in seconds.
+    :param initial_wait: seconds to wait before the first poll (the sensor has just polled).
     """
 
     def __init__(
@@ -173,8 +181,9 @@ class IBFlexStatementTrigger(BaseTrigger):
         ibflex_conn_id: str = "ibflex_default",
         url: str | None = None,
         poke_interval: float = 10.0,
-        backoff_factor: float = 1.5,
+        backoff_factor: float = 2.0,
         max_poke_interval: float = 120.0,
+        initial_wait: float = 0.0,
     ) -> None:
         super().__init__()
         self.reference_code = str(reference_code)
@@ -184,6 +193,7 @@ class IBFlexStatementTrigger(BaseTrigger):
         self.poke_interval = float(poke_interval)
         self.backoff_factor = float(backoff_factor)
         self.max_poke_interval = float(max_poke_interval)
+        self.initial_wait = float(initial_wait)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -196,6 +206,7 @@ class IBFlexStatementTrigger(BaseTrigger):
                 "poke_interval": self.poke_interval,
                 "backoff_factor": self.backoff_factor,
                 "max_poke_interval": self.max_poke_interval,
+                "initial_wait": self.initial_wait,
             },
         )
 
@@ -219,6 +230,11 @@ class IBFlexStatementTrigger(BaseTrigger):
             return
         interval = self.poke_interval
         polls = 0
+        if self.initial_wait > 0:
+            # Wider jitter on the first wait: triggers deferred together (a backfill, a mapped task)
+            # spread out instead of polling in the same instant.
+            first = self.initial_wait * random.uniform(0.5, 1.5)
+            await asyncio.sleep(min(first, max(self.deadline - time.time(), 0)))
         while True:
             remaining = self.deadline - time.time()
             if remaining <= 0:

@@ -1,0 +1,307 @@
+"""``make bench``: memory, throughput, polling cost and triggerer scale, against the anchors, in one run.
+
+Every measurement runs in its own process (so peak RSS is that process's); the simulator runs in
+another process, moto in this one. Prints one table and writes the same figures to
+``benchmarks/results.json``. ``--smoke`` runs every benchmark at a tiny size (for CI: it checks the
+harness works and produces numbers, not how fast anything is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_ibflex.simulator.process import request_log, simulator_process
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ANCHORS_PYTHON = REPO / ".venv-anchors" / "bin" / "python"
+TOKEN = "880011223344556677889900"
+MB = 1_000_000
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def simulator(config: dict[str, Any], workdir: Path) -> Iterator[str]:
+    """The simulator in its own process; yields its base URL."""
+    with simulator_process(config, workdir) as info:
+        yield str(info["base_url"])
+
+
+def ready_statement(size: int) -> dict[str, Any]:
+    """A simulator configuration with one ready statement of ``size`` bytes and two reference codes."""
+    return {
+        "tokens": {TOKEN: {}},
+        "queries": {"1": {"size": size}, "2": {"size": 10_000}},
+        "rate_limit": None,
+        "record_digests": False,
+        "references": {"1000000001": [TOKEN, "1"], "1000000002": [TOKEN, "1"], "1000000003": [TOKEN, "2"]},
+    }
+
+
+def run_case(client: str, case: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one case in a fresh process and return its JSON result."""
+    if client == "anchor":
+        if not ANCHORS_PYTHON.exists():
+            return {"case": case, "outcome": "anchors not installed (make anchors)"}
+        command = [str(ANCHORS_PYTHON), str(HERE / "anchors.py"), case, json.dumps(spec)]
+    else:
+        command = [sys.executable, "-m", "benchmarks.cases", case, json.dumps(spec)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=3600)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        return {"case": case, "outcome": f"crashed: {done.stderr.strip().splitlines()[-1:]}"}
+    return dict(json.loads(lines[-1]))
+
+
+# -- 1 and 2: memory and throughput ------------------------------------------------------------------
+
+
+def bench_memory(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for size in sizes:
+        with simulator(ready_statement(size), workdir) as base_url:
+            common = {"base_url": base_url, "token": TOKEN, "query_id": "1"}
+            runs = [
+                ("provider (Hook)", "ours", "hook", {"reference": "1000000001"}),
+                ("plain requests copy", "ours", "plain", {"reference": "1000000002"}),
+                ("ibflex 1.1", "anchor", "ibflex", {}),
+                ("ib_async 2.1.0", "anchor", "ib_async", {}),
+            ]
+            for name, client, case, extra in runs:
+                destination = workdir / f"{case}-{size}.xml"
+                url = f"file://{destination}" if client == "ours" else str(destination)
+                result = run_case(client, case, {**common, **extra, "destination": url})
+                landed = destination.stat().st_size if destination.exists() else 0
+                destination.unlink(missing_ok=True)
+                rows.append({"size_mb": size / MB, "client": name, "bytes": landed, **result})
+    return rows
+
+
+def bench_s3(size: int, workdir: Path) -> list[dict[str, Any]]:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="eu-west-1",
+        )
+        s3.create_bucket(Bucket="bench", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+        aws = {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": endpoint, "region_name": "eu-west-1"},
+        }
+        rows = []
+        with simulator(ready_statement(size), workdir) as base_url:
+            for name, case, reference in (
+                ("provider (Hook) to S3", "hook", "1000000001"),
+                ("plain s3fs copy", "plain", "1000000002"),
+            ):
+                spec = {"base_url": base_url, "token": TOKEN, "reference": reference, "aws": aws}
+                result = run_case("ours", case, {**spec, "destination": f"s3://bench/{case}.xml"})
+                rows.append({"size_mb": size / MB, "client": name, **result})
+        return rows
+    finally:
+        server.stop()
+
+
+# -- 3: polling cost ---------------------------------------------------------------------------------
+
+
+def bench_polling(generation_seconds: list[float], scale: float, workdir: Path) -> list[dict[str, Any]]:
+    rows = []
+    for seconds in generation_seconds:
+        for name, client, case in (
+            ("provider (sensor + trigger)", "ours", "provider_polling"),
+            ("ib_async 2.1.0", "anchor", "ib_async"),
+            ("ibflex 1.1", "anchor", "ibflex"),
+        ):
+            config = {
+                "tokens": {TOKEN: {}},
+                "queries": {"1": {"size": 200_000, "generation_seconds": seconds}},
+                "rate_limit": [1.0, 10],
+                "time_scale": scale,
+            }
+            with simulator(config, workdir) as base_url:
+                destination = workdir / f"poll-{case}.xml"
+                spec = {
+                    "base_url": base_url,
+                    "token": TOKEN,
+                    "query_id": "1",
+                    "time_scale": scale,
+                    "destination": f"file://{destination}" if client == "ours" else str(destination),
+                }
+                result = run_case(client, case, spec)
+                finished = result.get("landed_at")
+                log = request_log(base_url)
+                destination.unlink(missing_ok=True)
+            sends = [row for row in log if row["call"] == "send"]
+            ready_at = (sends[0]["at"] + seconds / scale) if sends else None
+            landed_ok = result.get("outcome") == "statement"
+            rows.append(
+                {
+                    "generation_s": seconds,
+                    "client": name,
+                    "outcome": result.get("outcome"),
+                    "requests": len(log),
+                    "throttled_1018": sum(row["answer"] == "1018" for row in log),
+                    "latency_after_ready_s": (finished - ready_at) * scale
+                    if ready_at and landed_ok
+                    else None,
+                }
+            )
+    return rows
+
+
+# -- 4: triggerer scale ------------------------------------------------------------------------------
+
+
+def bench_triggerer(count: int, workdir: Path, masker_warm: bool = False) -> dict[str, Any]:
+    # Random 24-digit tokens, as Account Management issues them (one per account).
+    tokens = ["".join(secrets.choice("0123456789") for _ in range(24)) for _ in range(count + 1)]
+    references = {str(2_000_000_000 + index): token for index, token in enumerate(tokens)}
+    config = {
+        "tokens": {token: {} for token in tokens},
+        "queries": {"1": {"generation_polls": 3}},
+        "rate_limit": [1.0, 10],
+        "references": {code: [token, "1"] for code, token in references.items()},
+    }
+    with simulator(config, workdir) as base_url:
+        spec = {
+            "base_url": base_url,
+            "references": references,
+            "poke_interval": 5.0,
+            "min_interval": 1.0,
+            "masker_warm": masker_warm,
+        }
+        path = workdir / "load.json"
+        path.write_text(json.dumps(spec))
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow_provider_ibflex.simulator.trigger_load", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            env={k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")},
+        )
+        log = request_log(base_url)
+    if done.returncode != 0:
+        return {"outcome": f"crashed: {done.stderr.strip().splitlines()[-1:]}"}
+    result = dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    polls = sum(row["call"] == "get" for row in log) - 4  # less the warm-up trigger's polls
+    result["polls"] = polls
+    result["cpu_ms_per_poll"] = 1000 * result["cpu_s"] / max(polls, 1)
+    result["throttled_1018"] = sum(row["answer"] == "1018" for row in log)
+    return result
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = [f"Machine: {results['machine']}", ""]
+    lines.append(
+        "1-2. Landing an XML statement to file:// (own process each; RSS growth over RSS before the transfer)"
+    )
+    lines.append(f"{'size MB':>8} {'client':<24} {'RSS growth MiB':>15} {'MB/s':>8} {'vs plain':>9}  outcome")
+    plain = {row["size_mb"]: row for row in results["memory"] if row["client"] == "plain requests copy"}
+    for row in results["memory"]:
+        mbps = row["bytes"] / MB / row["seconds"] if row.get("seconds") and row.get("bytes") else None
+        base = plain.get(row["size_mb"], {})
+        base_mbps = base.get("bytes", 0) / MB / base["seconds"] if base.get("seconds") else None
+        ratio = mbps / base_mbps if mbps and base_mbps else None
+        lines.append(
+            f"{_fmt(row['size_mb'], 0):>8} {row['client']:<24} {_fmt(row.get('rss_growth_mib')):>15} "
+            f"{_fmt(mbps):>8} {_fmt(ratio, 2):>9}  {row.get('outcome')}"
+        )
+    if results.get("s3"):
+        lines += ["", "2b. To S3 (moto server)"]
+        for row in results["s3"]:
+            mbps = row.get("bytes", 0) / MB / row["seconds"] if row.get("seconds") else None
+            lines.append(
+                f"{_fmt(row['size_mb'], 0):>8} {row['client']:<24} "
+                f"{_fmt(row.get('rss_growth_mib')):>15} {_fmt(mbps):>8}"
+            )
+    lines += ["", f"3. Polling cost (time compressed x{results['time_scale']:g}; figures in real-time terms)"]
+    lines.append(
+        f"{'generation':>10} {'client':<28} {'requests':>8} {'1018s':>6} "
+        f"{'latency after ready s':>22}  outcome"
+    )
+    for row in results["polling"]:
+        lines.append(
+            f"{_fmt(row['generation_s'], 0) + ' s':>10} {row['client']:<28} {row['requests']:>8} "
+            f"{row['throttled_1018']:>6} {_fmt(row['latency_after_ready_s']):>22}  {row['outcome']}"
+        )
+    for key, label in (("triggerer", "new tokens"), ("triggerer_warm", "tokens already known to the masker")):
+        row = results[key]
+        lines += [
+            "",
+            f"4. Triggerer scale: {row.get('triggers')} triggers in one event loop, one token each ({label})",
+        ]
+        lines.append(
+            f"max lag {_fmt(row.get('max_lag_s', 0) * 1000)} ms, "
+            f"p99 lag {_fmt(row.get('p99_lag_s', 0) * 1000)} ms, "
+            f"{_fmt(row.get('peak_rss_growth_kib_per_trigger'))} KiB per trigger, "
+            f"{_fmt(row.get('cpu_ms_per_poll'), 2)} ms CPU per poll, "
+            f"{row.get('throttled_1018')} x 1018, statuses {row.get('statuses')}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the harness, not the speed")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    args = parser.parse_args(argv)
+    sizes = [1 * MB] if args.smoke else [10 * MB, 100 * MB, 1000 * MB]
+    scale = 200.0 if args.smoke else 20.0
+    generations = [5.0] if args.smoke else [5.0, 60.0, 600.0]
+    with tempfile.TemporaryDirectory(prefix="ibflex-bench-") as tmp:
+        workdir = Path(tmp)
+        results: dict[str, Any] = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "time_scale": scale,
+            "memory": bench_memory(sizes, workdir),
+            "s3": bench_s3(1 * MB if args.smoke else 200 * MB, workdir),
+            "polling": bench_polling(generations, scale, workdir),
+            "triggerer": bench_triggerer(20 if args.smoke else 1000, workdir),
+            "triggerer_warm": bench_triggerer(20 if args.smoke else 1000, workdir, masker_warm=True),
+        }
+    args.out.write_text(json.dumps(results, indent=2))
+    print(report(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""The benchmark harness keeps working: every benchmark runs at a tiny size and produces numbers.
+
+Speed is not asserted here (``make bench`` measures it); only that each measurement ran.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_benchmark_runs_and_produces_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    anchors_installed = (REPO / ".venv-anchors" / "bin" / "python").exists()
+
+    clients = {row["client"] for row in results["memory"]}
+    assert clients == {"provider (Hook)", "plain requests copy", "ibflex 1.1", "ib_async 2.1.0"}
+    for row in results["memory"] + results["s3"]:
+        if "provider" in row["client"] or "plain" in row["client"] or anchors_installed:
+            assert row["seconds"] > 0 and row["rss_growth_mib"] >= 0, row
+    for row in results["memory"] + results["s3"]:
+        if row["client"].startswith(("provider", "plain")):
+            assert row["outcome"] == "statement" and row["bytes"] > 0, row
+
+    polling = {row["client"]: row for row in results["polling"]}
+    ours = polling["provider (sensor + trigger)"]
+    assert (
+        ours["outcome"] == "statement" and ours["requests"] >= 2 and ours["latency_after_ready_s"] is not None
+    )
+    if anchors_installed:
+        assert all(row["requests"] >= 1 for row in results["polling"])
+
+    for key in ("triggerer", "triggerer_warm"):
+        scale = results[key]
+        assert scale["statuses"] == {"ready": scale["triggers"]}
+        assert scale["max_lag_s"] >= 0 and scale["cpu_ms_per_poll"] > 0
+        assert scale["peak_rss_growth_kib_per_trigger"] >= 0
+    assert "Polling cost" in done.stdout and "Triggerer scale" in done.stdout
