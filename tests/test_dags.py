@@ -126,6 +126,20 @@ def test_deferrable_sensor_lands_at_once_when_ready(
     assert [r.answer for r in flex_simulator.requests("get")] == ["statement"]
 
 
+def test_generating_again_at_download_defers_again(
+    flex_simulator: FlexSimulator, conn_env: Callable[..., str], tmp_path: Path
+) -> None:
+    conn_env(flex_simulator.add_token(new_token()))
+    flex_simulator.add_query("42", generation_polls=1)
+    # poke: 1019; trigger: ready; worker's download: 1019 again; trigger: ready; download: lands.
+    flex_simulator.add_fault("error", step="get", code=1019, status="Warn", skip=2)
+    states, _ = run("ibflex_test_deferred", destination=f"file://{tmp_path}/s.xml")
+    assert states == {"send": "success", "land": "success"}
+    answers = [r.answer for r in flex_simulator.requests("get")]
+    assert answers == ["1019", "statement", "1019", "statement", "statement"]
+    assert files_under(tmp_path) == ["s.xml"]
+
+
 def test_fatal_code_fails_without_retries(
     flex_simulator: FlexSimulator, conn_env: Callable[..., str], tmp_path: Path
 ) -> None:
