@@ -276,14 +276,67 @@ def report(results: dict[str, Any]) -> str:
             f"{_fmt(row.get('cpu_ms_per_poll'), 2)} ms CPU per poll, "
             f"{row.get('throttled_1018')} x 1018, statuses {row.get('statuses')}"
         )
+    lines += ["", "Targets"]
+    for goal, measured, met in targets(results):
+        lines.append(f"  {'met   ' if met else 'MISSED'}  {goal}: {measured}")
     return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """Each target of the benchmark issue: what it asks, what was measured, whether it is met."""
+    memory = [row for row in results["memory"] if row["client"] == "provider (Hook)"]
+    growth = max(row["rss_growth_mib"] for row in memory)
+    largest = max(row["size_mb"] for row in memory)
+
+    def rate(client: str) -> float:
+        (row,) = [r for r in results["memory"] if r["client"] == client and r["size_mb"] == largest]
+        return float(row["bytes"]) / row["seconds"] if row.get("seconds") else 0.0
+
+    ratio = rate("provider (Hook)") / max(rate("plain requests copy"), 1e-9)
+    ours = [row for row in results["polling"] if row["client"].startswith("provider")]
+    longest = max(ours, key=lambda row: row["generation_s"])
+    latency_ok = all(
+        row["latency_after_ready_s"] is not None
+        and row["latency_after_ready_s"] <= max(120.0, 0.2 * row["generation_s"])
+        for row in ours
+    )
+    warm = results["triggerer_warm"]
+    return [
+        ("RSS growth <= 32 MiB at every size", f"{growth:.1f} MiB", growth <= 32),
+        (f"throughput >= 0.9x plain copy at {largest:g} MB", f"{ratio:.2f}x", ratio >= 0.9),
+        (
+            "zero 1018s",
+            f"{sum(row['throttled_1018'] for row in ours)}",
+            all(r["throttled_1018"] == 0 for r in ours),
+        ),
+        (
+            f"<= 12 requests for {longest['generation_s']:g} s",
+            f"{longest['requests']}",
+            longest["requests"] <= 12,
+        ),
+        ("latency after ready <= max(poll cap, 20% of wait)", "see table", latency_ok),
+        (
+            "max loop lag < 100 ms (1,000 triggers)",
+            f"{warm['max_lag_s'] * 1000:.0f} ms",
+            warm["max_lag_s"] < 0.1,
+        ),
+        (
+            "< 50 KiB per trigger",
+            f"{warm['peak_rss_growth_kib_per_trigger']:.1f} KiB",
+            warm["peak_rss_growth_kib_per_trigger"] < 50,
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the harness, not the speed")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
+    parser.add_argument("--report", type=Path, help="print the table of an earlier run's JSON and stop")
     args = parser.parse_args(argv)
+    if args.report:
+        print(report(json.loads(args.report.read_text())))
+        return 0
     sizes = [1 * MB] if args.smoke else [10 * MB, 100 * MB, 1000 * MB]
     scale = 200.0 if args.smoke else 20.0
     generations = [5.0] if args.smoke else [5.0, 60.0, 600.0]
