@@ -150,15 +150,15 @@ class BackgroundSha256:
 
 
 def _abandon(handle: Any, tmp: ObjectStoragePath | None) -> None:
-    # fsspec files commit what they hold on close(); discard() aborts an upload where the store has it
-    # (s3fs aborts the multipart upload), so a direct write leaves no object behind.
+    # fsspec files commit what they hold on close(): a direct upload is discarded (s3fs aborts the
+    # multipart upload) and marked closed, so that neither we nor the file's __del__ ever commit it.
     discard = getattr(handle, "discard", None)
     with contextlib.suppress(Exception):
         if callable(discard):
             discard()
     if tmp is None:
         with contextlib.suppress(Exception):
-            handle.fs.invalidate_cache()
+            handle.closed = True
         return
     with contextlib.suppress(Exception):
         handle.close()

@@ -400,6 +400,50 @@ def test_s3_going_away_mid_upload(sim: FlexSimulator, land: Path, monkeypatch: p
         server.stop()
 
 
+def test_truncated_statement_to_s3_leaves_no_object_and_no_upload(
+    sim: FlexSimulator, land: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="t",
+            aws_secret_access_key="t",
+            region_name="eu-west-2",
+        )
+        s3.create_bucket(Bucket="truncated", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+        aws = {"endpoint_url": endpoint, "region_name": "eu-west-2"}
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_TRUNCATED_S3",
+            json.dumps({"conn_type": "aws", "login": "t", "password": "t", "extra": aws}),
+        )
+        # Larger than one upload part, so the write has started a multipart upload when it is refused.
+        sim.add_query("1", size=20_000_000)
+        sim.add_fault("truncated", times=None)
+        REPORT["faults injected"] += 3
+        with pytest.raises(IBFlexTransientError, match="truncated") as caught:
+            hook().download_statement(
+                sim.state.issue_reference(TOKEN, "1"),
+                "s3://truncated/s.xml",
+                destination_conn_id="truncated_s3",
+            )
+        SEEN.append(caught.value)
+        import gc
+
+        gc.collect()  # a leaked file object's __del__ must not commit anything either
+        assert s3.list_objects_v2(Bucket="truncated").get("Contents", []) == []
+        assert s3.list_multipart_uploads(Bucket="truncated").get("Uploads", []) == []
+    finally:
+        server.stop()
+
+
 # --------------------------------------------------------------------------------------------------
 # XML attacks
 # --------------------------------------------------------------------------------------------------
