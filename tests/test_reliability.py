@@ -565,3 +565,16 @@ def test_airflows_masker_knows_the_token(sim: FlexSimulator) -> None:
     hook()
     assert redact(TOKEN) == "***"
     assert redact(f"https://x/GetStatement?t={TOKEN}&q=1") == "https://x/GetStatement?t=***&q=1"
+
+
+def test_expired_reference_says_to_rerun_sendrequest(sim: FlexSimulator, land: Path) -> None:
+    sensor = _sensor(destination=f"file://{land}/s.xml")
+    event = {"status": "error", "code": 1017, "message": "x", "reference_code": "123", "deadline": 0}
+    with pytest.raises(AirflowFailException, match="Re-run the upstream SendRequest task"):
+        sensor.execute_complete(context={}, event=event)
+    sim.add_query("1")
+    sensor = _sensor(reference_code="999", destination=f"file://{land}/s.xml")  # unknown to the service
+    with pytest.raises(AirflowFailException, match="Re-run the upstream SendRequest task") as caught:
+        sensor.execute(context={})
+    SEEN.append(caught.value)
+    assert [r.answer for r in sim.requests()] == ["1017"] and files_under(land) == []

@@ -76,31 +76,32 @@ class IBFlexStatementSensor(BaseSensorOperator):
 
     # -- one GetStatement ------------------------------------------------------------------------
 
-    def _check_inputs(self) -> None:
+    def _checked_destination(self) -> ObjectStoragePath:
+        """Validate the inputs before any request; bad input fails the task without retries."""
         try:
             validate_reference_code(self.reference_code)
-            resolve_destination(self.destination, self.destination_conn_id)
+            return resolve_destination(self.destination, self.destination_conn_id)
         except FlexInputError as exc:
             raise AirflowFailException(f"{self.task_id}: {exc}") from None
 
+    def _expired_reference(self) -> AirflowFailException:
+        return AirflowFailException(
+            f"Reference code {self.reference_code} is no longer valid (1017): the service has forgotten "
+            "it or it expired. Re-run the upstream SendRequest task (clear it together with this "
+            "sensor) to get a new reference code."
+        )
+
     def _download(self) -> StatementResult:
         """One GetStatement; the statement, if ready, lands at the destination in the same download."""
-        self._check_inputs()
+        destination = self._checked_destination()
         hook = IBFlexHook(self.ibflex_conn_id)
         try:
             return hook.download_statement(
-                str(self.reference_code).strip(),
-                self.destination,
-                destination_conn_id=self.destination_conn_id,
-                url=self.url or None,
+                str(self.reference_code).strip(), destination, url=self.url or None
             )
         except IBFlexFatalError as exc:
             if exc.code == 1017:
-                raise AirflowFailException(
-                    f"Reference code {self.reference_code} is no longer valid (1017): the service has "
-                    "forgotten it or it expired. Re-run the upstream SendRequest task (clear it together "
-                    "with this sensor) to get a new reference code."
-                ) from None
+                raise self._expired_reference() from None
             raise
         except IBFlexTransientError as exc:
             # Transient trouble is not fatal: the sensor's timeout bounds how long it is tolerated.
@@ -176,8 +177,5 @@ class IBFlexStatementSensor(BaseSensorOperator):
         if status == "timeout":
             raise AirflowSensorTimeout(f"{self.task_id}: {event.get('message')}")
         if event.get("code") == 1017:
-            raise AirflowFailException(
-                f"Reference code {self.reference_code} is no longer valid (1017). Re-run the upstream "
-                "SendRequest task (clear it together with this sensor) to get a new reference code."
-            )
+            raise self._expired_reference()
         raise AirflowFailException(f"{self.task_id}: {event.get('message')}")
