@@ -3,7 +3,7 @@
 Everything the provider knows about the service lives here: endpoint URLs, request parameters, how to
 tell an envelope from a statement by its first bytes, envelope parsing (versions 2 and 3), the error
 table with what to do about each code, the trusted-URL rule for the ``<Url>`` the service returns,
-pacing arithmetic and token redaction. The Hook (requests) and the trigger (httpx) only move bytes and
+and token redaction. The Hook (requests) and the trigger (httpx) only move bytes and
 ask this module what they mean, so the protocol is written once.
 """
 
@@ -13,8 +13,7 @@ import datetime
 import enum
 import hashlib
 import re
-from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
@@ -836,6 +835,23 @@ class ResponseReader:
         self.outcome = outcome_of_body_kind(self.kind, self.http_status)
         return True
 
+    def read_head(self, chunks: Iterable[bytes]) -> Outcome:
+        """Feed chunks until the response's meaning is known (or the body ends); return it.
+
+        Chunks not consumed stay in ``chunks``: for a statement, they follow ``buffered``.
+
+        :param chunks: the body's chunks, as a transport yields them.
+        """
+        if not self.decided:
+            for chunk in chunks:
+                if self.feed(chunk):
+                    break
+        return self.verdict()
+
+    def verdict(self) -> Outcome:
+        """What the response means, once ``feed`` returned True or the body ended."""
+        return self.outcome if self.outcome is not None else self.end()
+
     def end(self) -> Outcome:
         """The body has ended: decide on what was received."""
         if self.outcome is None:
@@ -852,71 +868,6 @@ class ResponseReader:
             return outcome_of_get_statement(envelope)
         except FlexParseError as exc:
             return Outcome("retry", f"unreadable response from the Flex Web Service: {exc}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Pacing: one request per second and ten per minute for each token
-# --------------------------------------------------------------------------------------------------
-
-
-class PacingWindow:
-    """Reserves request times for one token so that calls stay within the service's limits.
-
-    Pure arithmetic over the caller's clock: ``reserve(now)`` records the next allowed slot and returns
-    how long to wait for it. Sync and async transports wrap it with their own lock and sleep.
-
-    :param min_interval: seconds between two requests.
-    :param per_minute: requests allowed in any ``window`` seconds.
-    :param window: the length of the "minute" (60 s; shorter only to compress time in benchmarks).
-    """
-
-    def __init__(
-        self,
-        min_interval: float = MIN_INTERVAL_SECONDS,
-        per_minute: int = MAX_REQUESTS_PER_MINUTE,
-        window: float = 60.0,
-    ) -> None:
-        self.min_interval = min_interval
-        self.per_minute = per_minute
-        self.window = window
-        self._slots: deque[float] = deque(maxlen=max(per_minute, 1))
-        self._not_before = 0.0
-
-    def reserve(self, now: float) -> float:
-        """Claim the earliest allowed time at or after ``now`` and return the delay until it.
-
-        :param now: the caller's monotonic clock.
-        """
-        slot = max(now, self._not_before)
-        if self._slots:
-            slot = max(slot, self._slots[-1] + self.min_interval)
-        if self.per_minute > 0 and len(self._slots) >= self.per_minute:
-            slot = max(slot, self._slots[0] + self.window)
-        self._slots.append(slot)
-        return slot - now
-
-    def mark_sent(self, now: float) -> None:
-        """Record that the last reserved request actually went out at ``now`` (later than its slot).
-
-        :param now: a time on the caller's clock.
-        """
-        if self._slots:
-            self._slots[-1] = max(self._slots[-1], now)
-
-    def hold_off(self, until: float) -> None:
-        """Allow no request before ``until`` (after a 1018, say).
-
-        :param until: a time on the caller's clock.
-        """
-        self._not_before = max(self._not_before, until)
-
-
-def token_key(token: str) -> str:
-    """A stable, non-secret key for per-token state.
-
-    :param token: the Flex token.
-    """
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -153,6 +154,25 @@ class TestSendRequest:
         started = time.monotonic()
         assert hook.send_request("1").reference_code
         assert time.monotonic() - started >= 0.6
+
+    def test_throttling_is_not_a_failed_attempt(
+        self, make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
+    ) -> None:
+        flex_simulator.add_query("1")
+        flex_simulator.add_fault("error", step="send", code=1018, times=6)
+        hook = IBFlexHook(make_conn(token, throttle_wait=0.01, max_attempts=2))
+        assert hook.send_request("1").reference_code
+        assert [r.answer for r in flex_simulator.requests()] == ["1018"] * 6 + ["reference"]
+
+    def test_waits_after_1018_carry_jitter(
+        self, make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
+    ) -> None:
+        flex_simulator.add_query("1")
+        flex_simulator.add_fault("error", step="send", code=1018, times=8)
+        IBFlexHook(make_conn(token, throttle_wait=0.2)).send_request("1")
+        times = [r.at for r in flex_simulator.requests()]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= 0.2 and max(gaps) - min(gaps) > 0.002, gaps
 
     def test_legacy_servlet_url_as_host(
         self, make_conn: MakeConn, token: str, flex_simulator: FlexSimulator

@@ -407,22 +407,6 @@ class TestDigest:
             p.StatementDigest(BodyKind.TEXT_STATEMENT).check_complete()
 
 
-class TestPacing:
-    def test_one_per_second_and_ten_per_minute(self) -> None:
-        window = p.PacingWindow()
-        slots = [0 + window.reserve(0) for _ in range(12)]
-        assert slots[:10] == [float(i) for i in range(10)]
-        assert slots[10] == 60.0 and slots[11] == 61.0
-
-    def test_hold_off(self) -> None:
-        window = p.PacingWindow()
-        window.hold_off(100)
-        assert window.reserve(5) == 95
-
-    def test_token_key_hides_token(self) -> None:
-        assert "SECRET" not in p.token_key("SECRET") and len(p.token_key("SECRET")) == 16
-
-
 class TestRedact:
     @pytest.mark.parametrize(
         "text",

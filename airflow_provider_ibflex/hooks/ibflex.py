@@ -2,8 +2,8 @@
 
 The Hook only moves bytes: every decision about what a response means is the protocol core's.
 It adds what a worker needs around it: the connection, one ``requests.Session`` with timeouts and a
-User-Agent, per-token pacing, bounded retries with backoff and jitter, token redaction, and streaming
-of the statement into object storage.
+User-Agent, the token's request budget shared with every other process (``pacing``), bounded retries
+with backoff and jitter, token redaction, and streaming of the statement into object storage.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import tenacity
 from airflow.sdk import BaseHook, ObjectStoragePath
 from airflow.sdk.log import mask_secret
 
-from airflow_provider_ibflex import logredact, pacing
+from airflow_provider_ibflex import logredact
 from airflow_provider_ibflex.exceptions import IBFlexFatalError, IBFlexTransientError
+from airflow_provider_ibflex.pacing import BudgetBusy, TokenBudget
 from airflow_provider_ibflex.protocol import (
     FlexParseError,
     Outcome,
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 1024 * 1024
 # A reference code the service cannot know: answers to it show whether the token itself is accepted.
 _PROBE_REFERENCE_CODE = "1"
+# The Test button waits this long at most for the token's turn.
+_TEST_BUDGET_WAIT = 15.0
 
 
 @dataclass(frozen=True)
@@ -56,12 +59,13 @@ class FlexReference:
 class StatementResult:
     """What one GetStatement call came to.
 
-    :param state: ``landed`` when the statement is at the destination, ``pending`` while it is generated.
+    :param state: ``landed`` when the statement is at the destination, ``pending`` while it is generated,
+        ``busy`` when the token's shared request budget had no turn soon enough (nothing was sent).
     :param message: a token-free sentence about it.
     :param metadata: for ``landed``: ``uri``, ``size``, ``sha256``, ``format`` and ``reference_code``.
     """
 
-    state: Literal["landed", "pending"]
+    state: Literal["landed", "pending", "busy"]
     message: str
     metadata: dict[str, Any] | None = None
 
@@ -71,11 +75,7 @@ class StatementResult:
 
 
 class _Again(Exception):
-    """One attempt met a transient failure (network, 5xx, throttling, a retry code)."""
-
-    def __init__(self, message: str, throttled: bool = False) -> None:
-        super().__init__(message)
-        self.throttled = throttled
+    """One attempt met a transient failure (network, 5xx, a retry code)."""
 
 
 class IBFlexHook(BaseHook):
@@ -101,6 +101,7 @@ class IBFlexHook(BaseHook):
             ibflex_conn_id, conn.password, conn.host, conn.extra_dejson
         )
         self._session: requests.Session | None = None
+        self._budget: TokenBudget | None = None
 
     # -- plumbing ------------------------------------------------------------------------------------
 
@@ -113,6 +114,13 @@ class IBFlexHook(BaseHook):
             session.verify = True
             self._session = session
         return self._session
+
+    @property
+    def budget(self) -> TokenBudget:
+        """The token's request budget, shared with every process that uses the token."""
+        if self._budget is None:
+            self._budget = TokenBudget(self.settings)
+        return self._budget
 
     def close(self) -> None:
         """Close the HTTP session."""
@@ -130,19 +138,11 @@ class IBFlexHook(BaseHook):
     def _retrying(self) -> tenacity.Retrying:
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.settings.max_attempts),
-            wait=self._wait,
+            wait=tenacity.wait_exponential_jitter(initial=1, max=self.settings.backoff_max),
             retry=tenacity.retry_if_exception_type(_Again),
             before_sleep=self._log_retry,
             reraise=True,
         )
-
-    def _wait(self, state: tenacity.RetryCallState) -> float:
-        backoff = tenacity.wait_exponential_jitter(initial=1, max=self.settings.backoff_max)(state)
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, _Again) and error.throttled:
-            pacing.hold_off(self.settings, self.settings.throttle_wait)
-            return max(backoff, self.settings.throttle_wait)
-        return backoff
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -155,9 +155,8 @@ class IBFlexHook(BaseHook):
             wait,
         )
 
-    def _open(self, url: str, params: dict[str, str]) -> requests.Response:
-        """Make one paced GET, streaming; network failures become ``_Again`` with the token redacted."""
-        pacing.wait_turn(self.settings)
+    def _get(self, url: str, params: dict[str, str]) -> requests.Response:
+        """One GET, streaming (it returns once the head has arrived); network failures become ``_Again``."""
         try:
             return self.session.get(
                 url,
@@ -167,31 +166,39 @@ class IBFlexHook(BaseHook):
             )
         except requests.RequestException as exc:
             raise _Again(self.redact(f"{type(exc).__name__}: {exc}")) from None
-        finally:
-            # The next request counts from this answer: the service has seen this one by now.
-            pacing.mark_sent(self.settings)
 
-    def _read_outcome(
-        self, response: requests.Response, call: Literal["send", "get"]
-    ) -> tuple[ResponseReader, Iterator[bytes]]:
-        reader = ResponseReader(response.status_code, call, self.settings.endpoints)
-        chunks = response.iter_content(CHUNK_SIZE)
-        try:
-            if not reader.decided:
-                for chunk in chunks:
-                    if reader.feed(chunk):
-                        break
-                else:
-                    reader.end()
-        except requests.RequestException as exc:
+    def _exchange(
+        self, url: str, params: dict[str, str], call: Literal["send", "get"], budget_wait: float | None = None
+    ) -> tuple[requests.Response, ResponseReader, Outcome, Iterator[bytes]]:
+        """One request in the token's shared budget, read until its meaning is known.
+
+        The turn ends when the answer's head arrives. A 1018 holds the token off for every process and
+        asks again when the hold-off ends: waiting for the token is not a failed attempt.
+
+        :param url: the endpoint.
+        :param params: the query parameters.
+        :param call: ``send`` or ``get``.
+        :param budget_wait: seconds to wait for a turn at most (``BudgetBusy`` beyond); None: no limit.
+        """
+        while True:
+            with self.budget.turn(budget_wait):
+                response = self._get(url, params)
+            reader = ResponseReader(response.status_code, call, self.settings.endpoints)
+            chunks = response.iter_content(CHUNK_SIZE)
+            try:
+                outcome = reader.read_head(chunks)
+            except requests.RequestException as exc:
+                response.close()
+                raise _Again(self.redact(f"{type(exc).__name__}: {exc}")) from None
+            if outcome.kind != "throttled":
+                return response, reader, outcome, chunks
             response.close()
-            raise _Again(self.redact(f"{type(exc).__name__}: {exc}")) from None
-        return reader, chunks
+            self.budget.throttled()
 
     def _act_on(self, outcome: Outcome) -> None:
         """Raise for what is not a result: transient outcomes retry, fatal ones fail the task."""
-        if outcome.kind in ("retry", "throttled"):
-            raise _Again(describe(outcome), throttled=outcome.kind == "throttled")
+        if outcome.kind == "retry":
+            raise _Again(describe(outcome))
         if outcome.kind == "fatal":
             raise IBFlexFatalError(outcome)
 
@@ -213,8 +220,9 @@ class IBFlexHook(BaseHook):
     ) -> FlexReference:
         """Ask the service to generate a Flex Query's statement (SendRequest).
 
-        Transient failures and throttling are retried within the bounded policy; fatal codes raise
-        ``IBFlexFatalError`` (no Airflow retries), with the code and a hint.
+        Waits as long as the token's shared budget needs (1018 included); transient failures are
+        retried within the bounded policy; fatal codes raise ``IBFlexFatalError`` (no Airflow
+        retries), with the code and a hint.
 
         :param query_id: the Flex Query id.
         :param from_date: optional first day (date or ``yyyymmdd``) overriding the query's period.
@@ -223,10 +231,8 @@ class IBFlexHook(BaseHook):
         params = send_request_params(self.settings.token, query_id, self.settings.version, from_date, to_date)
 
         def attempt() -> FlexReference:
-            response = self._open(self.settings.endpoints.send_request, params)
-            with response:
-                reader, _ = self._read_outcome(response, "send")
-            outcome = reader.end()
+            response, _, outcome, _ = self._exchange(self.settings.endpoints.send_request, params, "send")
+            response.close()
             self._act_on(outcome)
             if outcome.kind != "reference" or not outcome.reference_code:
                 raise _Again(f"SendRequest returned no reference code ({outcome.message})")
@@ -243,17 +249,19 @@ class IBFlexHook(BaseHook):
         *,
         destination_conn_id: str | None = None,
         url: str | None = None,
+        budget_wait: float | None = None,
     ) -> StatementResult:
         """Call GetStatement once and, if the statement is ready, stream it to ``destination`` atomically.
 
-        A statement still being generated gives ``state="pending"``; fatal codes raise
-        ``IBFlexFatalError``; transient failures are retried (a broken download starts again and
-        leaves nothing behind).
+        A statement still being generated gives ``state="pending"``; no turn of the token's shared
+        budget within ``budget_wait`` gives ``state="busy"``; fatal codes raise ``IBFlexFatalError``;
+        transient failures are retried (a broken download starts again and leaves nothing behind).
 
         :param reference_code: the code SendRequest returned.
         :param destination: a URL (``file://``, ``s3://``, ...) or ObjectStoragePath naming the file.
         :param destination_conn_id: the storage connection, if the store needs one.
         :param url: the GetStatement URL from SendRequest; used only if trusted.
+        :param budget_wait: seconds to wait for the token's turn at most; None waits as long as needed.
         """
         code = validate_reference_code(reference_code)
         target = resolve_destination(destination, destination_conn_id)
@@ -261,10 +269,8 @@ class IBFlexHook(BaseHook):
         params = get_statement_params(self.settings.token, code, self.settings.version)
 
         def attempt() -> StatementResult:
-            response = self._open(get_url, params)
+            response, reader, outcome, rest = self._exchange(get_url, params, "get", budget_wait)
             with response:
-                reader, rest = self._read_outcome(response, "get")
-                outcome = reader.outcome or reader.end()
                 if outcome.kind == "pending":
                     return StatementResult("pending", describe(outcome))
                 self._act_on(outcome)
@@ -283,7 +289,10 @@ class IBFlexHook(BaseHook):
             )
             return StatementResult("landed", f"statement landed at {metadata['uri']}", metadata)
 
-        result: StatementResult = self._with_retries(attempt, f"GetStatement for reference code {code}")
+        try:
+            result: StatementResult = self._with_retries(attempt, f"GetStatement for reference code {code}")
+        except BudgetBusy as exc:
+            return StatementResult("busy", str(exc))
         return result
 
     # -- Airflow's Test button -------------------------------------------------------------------------
@@ -292,12 +301,14 @@ class IBFlexHook(BaseHook):
         """Check the token with one GetStatement for a reference code that cannot exist."""
         params = get_statement_params(self.settings.token, _PROBE_REFERENCE_CODE, self.settings.version)
         try:
-            response = self._open(self.settings.endpoints.get_statement, params)
-            with response:
-                reader, _ = self._read_outcome(response, "get")
-            outcome = reader.end()
+            response, _, outcome, _ = self._exchange(
+                self.settings.endpoints.get_statement, params, "get", budget_wait=_TEST_BUDGET_WAIT
+            )
+            response.close()
         except _Again as exc:
             return False, f"Could not reach the Flex Web Service: {exc}"
+        except BudgetBusy as exc:
+            return False, f"Not tested: {exc}. Try again in a minute."
         if outcome.code in (1017, 1019, 1003):
             return True, f"The Flex Web Service accepted the token (answered {outcome.code} to a probe)."
         return False, self.redact(describe(outcome))

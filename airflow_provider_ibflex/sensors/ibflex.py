@@ -3,7 +3,9 @@
 Each poke is one GetStatement: while the statement is generating the service answers 1019; once it
 is ready the same response is the statement, streamed to the destination in that one download.
 Deferrable mode pokes once on the worker, then hands the waiting to ``IBFlexStatementTrigger`` and
-downloads on the worker when the trigger says the statement is ready.
+downloads on the worker when the trigger says the statement is ready, or pokes again when the
+trigger hands it the token's turn. Every request waits for the token's shared budget; waiting is
+never a failed attempt, only the sensor's timeout bounds it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from airflow_provider_ibflex.triggers.ibflex import IBFlexStatementTrigger
 # Airflow's own deferral timeout is set past the trigger's deadline, so the trigger's timeout event
 # (which honours soft_fail here) normally comes first.
 _DEFERRAL_GRACE = timedelta(minutes=2)
+# A worker waits this long at most for its token's turn (shared with every other task using the
+# token); when the turn is further away, a poke reports "not ready" and a deferrable sensor defers.
+WORKER_BUDGET_WAIT = 15.0
 
 
 class IBFlexStatementSensor(BaseSensorOperator):
@@ -97,7 +102,10 @@ class IBFlexStatementSensor(BaseSensorOperator):
         hook = IBFlexHook(self.ibflex_conn_id)
         try:
             return hook.download_statement(
-                str(self.reference_code).strip(), destination, url=self.url or None
+                str(self.reference_code).strip(),
+                destination,
+                url=self.url or None,
+                budget_wait=WORKER_BUDGET_WAIT,
             )
         except IBFlexFatalError as exc:
             if exc.code == 1017:
@@ -139,40 +147,45 @@ class IBFlexStatementSensor(BaseSensorOperator):
         self.log.info(
             "Statement %s not ready (%s); deferring to the triggerer", self.reference_code, result.message
         )
-        self._defer(deadline)
+        self._defer(deadline, self.poke_interval)
         return None
 
-    def _defer(self, deadline: float) -> None:
+    def _defer(self, deadline: float, interval: float, handoff: bool = False) -> None:
         trigger = IBFlexStatementTrigger(
             reference_code=str(self.reference_code).strip(),
             deadline=deadline,
             ibflex_conn_id=self.ibflex_conn_id,
             url=self.url or None,
-            poke_interval=self.poke_interval,
+            poke_interval=interval,
             backoff_factor=self.backoff_factor,
             max_poke_interval=max(self.max_poke_interval, self.poke_interval),
-            # The worker has just polled: the trigger's first poll waits one interval.
-            initial_wait=self.poke_interval,
+            # The worker has just polled (or found no turn): the trigger's first poll waits one interval.
+            initial_wait=0.0 if handoff else interval,
+            handoff=handoff,
         )
         remaining = timedelta(seconds=max(deadline - time.time(), 0))
         self.defer(trigger=trigger, method_name="execute_complete", timeout=remaining + _DEFERRAL_GRACE)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        """Act on the trigger's event: download when ready, fail on errors, time out at the deadline.
+        """Act on the trigger's event: download when ready (or handed a turn), fail on errors, time out
+        at the deadline.
 
         :param context: the task context.
-        :param event: ``{"status", "message", "reference_code", "deadline", ...}``.
+        :param event: ``{"status", "message", "reference_code", "deadline", "interval", ...}``.
         """
         status = event.get("status")
-        if status == "ready":
+        if status in ("ready", "poll"):
             result = self._download()
             if result.landed and result.metadata is not None:
                 return self._landed(context, result.metadata)
-            # The service said "generating" again at the moment of download: wait again, same deadline.
+            # Still generating, or no turn for the token right now: wait again, same deadline. A
+            # statement seen ready waits only for a turn, without polling again.
             self.log.info(
-                "Statement %s not ready after all (%s); deferring again", self.reference_code, result.message
+                "Statement %s not landed yet (%s); deferring again", self.reference_code, result.message
             )
-            self._defer(float(event.get("deadline") or time.time() + self.timeout))
+            deadline = float(event.get("deadline") or time.time() + self.timeout)
+            interval = float(event.get("interval") or self.poke_interval)
+            self._defer(deadline, interval, handoff=status == "ready" and result.state == "busy")
             return None
         if status == "timeout":
             raise AirflowSensorTimeout(f"{self.task_id}: {event.get('message')}")

@@ -28,7 +28,6 @@ from airflow_provider_ibflex.protocol import (
     MAX_ENVELOPE_BYTES,
     FlexInputError,
     date_range,
-    token_key,
 )
 from airflow_provider_ibflex.simulator.statements import GeneratedStatement, StatementShape
 
@@ -232,6 +231,11 @@ def render_envelope(
             lines += [f"<url>{html.escape(url)}</url>"]
     lines.append("</FlexStatementResponse>")
     return ("\n".join(lines) + "\n").encode()
+
+
+def token_key(token: str) -> str:
+    """The non-secret name the simulator's request log gives a token (a prefix of its sha256)."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 _HTML_500 = (

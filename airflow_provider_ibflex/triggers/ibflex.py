@@ -3,10 +3,15 @@
 The async transport of the protocol core. It polls GetStatement with httpx, reads only the head of
 each response (enough to tell an envelope from the start of a statement), closes it, and backs off.
 It never calls SendRequest, never writes to storage and never carries the statement: its one event
-says ready, error or timeout, and the worker then downloads.
+says ready, poll, error or timeout, and the worker then downloads.
 
-All triggers in one event loop share one httpx client (one connection pool and TLS context) and, per
-token, one pacing budget, so a thousand of them cost little and never draw 1018 from the service.
+Every request takes a turn of the token's request budget, shared with every worker and triggerer
+(``pacing``). A poll that finds the statement ready costs a second request for the download, so when
+the token's budget is nearly spent the trigger does not poll: it waits for a free turn and hands it to
+the worker (event ``poll``), whose one GetStatement then lands the statement if it is ready.
+
+All triggers in one event loop share one httpx client (one connection pool and TLS context), so a
+thousand of them cost little.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from airflow.sdk import BaseHook
 from airflow.sdk.log import mask_secret
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_ibflex import logredact, pacing
+from airflow_provider_ibflex import logredact
+from airflow_provider_ibflex.pacing import BudgetBusy, BudgetTight, TokenBudget, token_key
 from airflow_provider_ibflex.protocol import (
     FlexError,
     Outcome,
@@ -33,7 +39,6 @@ from airflow_provider_ibflex.protocol import (
     describe,
     get_statement_params,
     redact,
-    token_key,
     trusted_statement_url,
 )
 from airflow_provider_ibflex.settings import FlexSettings, settings_from_connection
@@ -57,7 +62,8 @@ class _LoopResources:
             verify=True,
         )
         self.gate = asyncio.Semaphore(MAX_IN_FLIGHT)
-        # One token's requests go one at a time: pacing then spaces answers, not intentions.
+        # Triggers of one token in this loop queue here, first come first served, so that only one of
+        # them at a time asks the shared store for the token's turn.
         self.token_locks: dict[str, asyncio.Lock] = {}
 
 
@@ -93,34 +99,53 @@ def jittered(seconds: float) -> float:
 _CONNECTION_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibflex-connections")
 
 
-def _load_settings_blocking(conn_id: str) -> FlexSettings:
+def _load_blocking(conn_id: str) -> tuple[FlexSettings, TokenBudget]:
     conn = BaseHook.get_connection(conn_id)
     if conn.password:
         mask_secret(conn.password)
-    return settings_from_connection(conn_id, conn.password, conn.host, conn.extra_dejson)
+    settings = settings_from_connection(conn_id, conn.password, conn.host, conn.extra_dejson)
+    return settings, TokenBudget(settings)
 
 
-async def load_settings(conn_id: str) -> FlexSettings:
-    """Load an ``ibflex`` connection and validate it, without blocking the event loop.
+async def load_settings(conn_id: str) -> tuple[FlexSettings, TokenBudget]:
+    """Load an ``ibflex`` connection, validate it and find its token's budget, without blocking the loop.
 
     Loading a connection registers its password with Airflow's secrets masker, which recompiles one
     pattern of every secret it knows (tens of milliseconds once a triggerer holds hundreds of tokens;
     ``aget_connection`` does that on the loop). So the sync API runs in a worker thread instead: the
     triggerer bridges its calls to the loop, and the compile never holds the loop. One thread for all:
-    several compiling at once would starve the loop of the GIL.
+    several compiling at once would starve the loop of the GIL. The budget's store may load a
+    connection too, so it is found in the same thread.
 
     :param conn_id: the connection id.
     """
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_CONNECTION_LOADER, _load_settings_blocking, conn_id)
+    return await loop.run_in_executor(_CONNECTION_LOADER, _load_blocking, conn_id)
 
 
-async def poll_statement(settings: FlexSettings, reference_code: str, url: str | None = None) -> Outcome:
-    """One paced GetStatement that reads only the response's head; never raises for transport errors.
+async def poll_statement(
+    settings: FlexSettings,
+    budget: TokenBudget,
+    reference_code: str,
+    url: str | None = None,
+    *,
+    max_wait: float | None = None,
+    keep_spare: int = 0,
+    peek: bool = False,
+) -> Outcome:
+    """One GetStatement in the token's shared budget, reading only the response's head.
+
+    Never raises for transport errors (they are a ``retry`` outcome). Raises ``BudgetTight`` when a
+    turn is free but not to be taken (see ``TokenBudget.aturn``) and ``BudgetBusy`` when no turn comes
+    within ``max_wait``.
 
     :param settings: the connection's settings.
+    :param budget: the token's request budget.
     :param reference_code: the code SendRequest returned.
     :param url: the GetStatement URL from SendRequest, used only if trusted.
+    :param max_wait: seconds to wait for a turn at most.
+    :param keep_spare: poll only if this many requests would still fit in the window afterwards.
+    :param peek: take no turn: raise ``BudgetTight`` as soon as one is free.
     """
     params = get_statement_params(settings.token, reference_code, settings.version)
     target = trusted_statement_url(url, settings.endpoints)
@@ -128,16 +153,13 @@ async def poll_statement(settings: FlexSettings, reference_code: str, url: str |
     headers = {"User-Agent": settings.user_agent}
     resources = _loop_resources()
     lock = resources.token_locks.setdefault(token_key(settings.token), asyncio.Lock())
-    async with lock:
-        await pacing.await_turn(settings)
-        async with resources.gate:
-            try:
-                outcome = await _read_head(resources.client, target, params, headers, timeout, settings)
-            except httpx.HTTPError as exc:
-                outcome = Outcome("retry", redact(f"{type(exc).__name__}: {exc}", settings.token))
-        # The next request with this token counts from this answer, not from when this one was sent:
-        # the service has certainly seen it by now, whatever the loop's or the network's delays.
-        pacing.mark_sent(settings)
+    async with lock, budget.aturn(max_wait, keep_spare, peek), resources.gate:
+        try:
+            outcome = await _read_head(resources.client, target, params, headers, timeout, settings)
+        except httpx.HTTPError as exc:
+            outcome = Outcome("retry", redact(f"{type(exc).__name__}: {exc}", settings.token))
+    if outcome.kind == "throttled":
+        await asyncio.get_running_loop().run_in_executor(None, budget.throttled)
     return outcome
 
 
@@ -152,16 +174,19 @@ async def _read_head(
     async with client.stream("GET", url, params=params, headers=headers, timeout=timeout) as response:
         reader = ResponseReader(response.status_code, "get", settings.endpoints)
         if not reader.decided:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():
                 if reader.feed(chunk):
                     break
-            else:
-                reader.end()
-        return reader.end()
+        return reader.verdict()
 
 
 class IBFlexStatementTrigger(BaseTrigger):
     """Poll GetStatement until the statement is ready, an error is final, or the deadline passes.
+
+    Events: ``ready`` (the statement is there: download it), ``poll`` (the token's budget is nearly
+    spent: make the next GetStatement on the worker, where it doubles as the download), ``error``
+    (with ``code``) and ``timeout``; each with ``message``, ``reference_code``, ``deadline`` and
+    ``interval`` (the current wait between polls, to carry the backoff over a new deferral).
 
     :param reference_code: the code SendRequest returned.
     :param deadline: absolute time (Unix seconds) after which the trigger reports ``timeout``; kept
@@ -172,6 +197,8 @@ class IBFlexStatementTrigger(BaseTrigger):
     :param backoff_factor: each wait is the previous one times this, up to ``max_poke_interval``.
     :param max_poke_interval: the cap of the wait between polls, in seconds.
     :param initial_wait: seconds to wait before the first poll (the sensor has just polled).
+    :param handoff: do not poll at all: fire ``poll`` as soon as the token has a free turn (the worker
+        saw the statement ready but found no turn to download it).
     """
 
     def __init__(
@@ -184,6 +211,7 @@ class IBFlexStatementTrigger(BaseTrigger):
         backoff_factor: float = 2.0,
         max_poke_interval: float = 120.0,
         initial_wait: float = 0.0,
+        handoff: bool = False,
     ) -> None:
         super().__init__()
         self.reference_code = str(reference_code)
@@ -194,6 +222,7 @@ class IBFlexStatementTrigger(BaseTrigger):
         self.backoff_factor = float(backoff_factor)
         self.max_poke_interval = float(max_poke_interval)
         self.initial_wait = float(initial_wait)
+        self.handoff = bool(handoff)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -207,28 +236,38 @@ class IBFlexStatementTrigger(BaseTrigger):
                 "backoff_factor": self.backoff_factor,
                 "max_poke_interval": self.max_poke_interval,
                 "initial_wait": self.initial_wait,
+                "handoff": self.handoff,
             },
         )
 
-    def _event(self, status: str, message: str, **extra: Any) -> TriggerEvent:
+    def _event(self, status: str, message: str, interval: float, **extra: Any) -> TriggerEvent:
         payload: dict[str, Any] = {
             "status": status,
             "message": message,
             "reference_code": self.reference_code,
+            "deadline": self.deadline,
+            "interval": interval,
         }
-        return TriggerEvent({**payload, "deadline": self.deadline, **extra})
+        return TriggerEvent({**payload, **extra})
+
+    def _timeout(self, polls: int, interval: float) -> TriggerEvent:
+        return self._event(
+            "timeout",
+            f"statement {self.reference_code} not ready by the deadline after {polls} polls",
+            interval,
+        )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         logredact.install()
+        interval = self.poke_interval
         try:
-            settings = await load_settings(self.ibflex_conn_id)
+            settings, budget = await load_settings(self.ibflex_conn_id)
         except (FlexError, ValueError) as exc:
-            yield self._event("error", str(exc))
+            yield self._event("error", str(exc), interval)
             return
         except Exception as exc:  # a missing connection, a secrets backend failure
-            yield self._event("error", f"could not load connection {self.ibflex_conn_id!r}: {exc}")
+            yield self._event("error", f"could not load connection {self.ibflex_conn_id!r}: {exc}", interval)
             return
-        interval = self.poke_interval
         polls = 0
         if self.initial_wait > 0:
             # Wider jitter on the first wait: triggers deferred together (a backfill, a mapped task)
@@ -238,28 +277,45 @@ class IBFlexStatementTrigger(BaseTrigger):
         while True:
             remaining = self.deadline - time.time()
             if remaining <= 0:
-                yield self._event(
-                    "timeout",
-                    f"statement {self.reference_code} not ready by the deadline after {polls} polls",
-                )
+                yield self._timeout(polls, interval)
                 return
-            outcome = await poll_statement(settings, self.reference_code, self.url)
+            try:
+                # Poll only while a ready answer would leave a turn for the download in the window.
+                outcome = await poll_statement(
+                    settings,
+                    budget,
+                    self.reference_code,
+                    self.url,
+                    max_wait=remaining,
+                    keep_spare=1,
+                    peek=self.handoff,
+                )
+            except BudgetTight:
+                message = (
+                    f"the token has a free turn for statement {self.reference_code}: the worker makes "
+                    "the next GetStatement, which lands the statement if it is ready"
+                )
+                yield self._event("poll", message, interval)
+                return
+            except BudgetBusy:
+                yield self._timeout(polls, interval)
+                return
             polls += 1
             if outcome.kind == "statement":
-                yield self._event("ready", f"statement {self.reference_code} is ready (after {polls} polls)")
+                message = f"statement {self.reference_code} is ready (after {polls} polls)"
+                yield self._event("ready", message, interval)
                 return
             if outcome.kind == "fatal":
-                yield self._event("error", redact(describe(outcome), settings.token), code=outcome.code)
+                yield self._event(
+                    "error", redact(describe(outcome), settings.token), interval, code=outcome.code
+                )
                 return
-            wait = interval
-            if outcome.kind == "throttled":
-                pacing.hold_off(settings, settings.throttle_wait)
-                wait = max(wait, settings.throttle_wait)
-            elif outcome.kind == "retry":
+            if outcome.kind in ("retry", "throttled"):
                 self.log.warning("Transient answer for %s: %s", self.reference_code, describe(outcome))
             else:
                 self.log.info(
-                    "Statement %s: %s; next poll in %.0f s", self.reference_code, outcome.message, wait
+                    "Statement %s: %s; next poll in %.0f s", self.reference_code, outcome.message, interval
                 )
+            wait = interval
             interval = next_interval(interval, self.backoff_factor, self.max_poke_interval)
             await asyncio.sleep(min(jittered(wait), max(self.deadline - time.time(), 0)))

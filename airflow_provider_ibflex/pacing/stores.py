@@ -1,0 +1,159 @@
+"""Where a token's request budget is kept so that every process sees one budget.
+
+A store runs one change of a token's ``BudgetState`` atomically, on its own clock:
+
+- ``FileBudgetStore`` (the default): a file per token under a folder, changed under ``flock``. Every
+  process on one machine that shares the folder (``$AIRFLOW_HOME`` by default) shares the budget.
+- ``RedisBudgetStore``: a key per token in Redis, changed in an optimistic ``WATCH``/``MULTI``
+  transaction on Redis's clock. Every process on every machine that reaches the server shares it.
+
+Which one a process uses comes from Airflow's configuration, section ``[ibflex]`` (see
+``store_from_config``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from airflow_provider_ibflex.pacing.budget import BudgetState
+
+T = TypeVar("T")
+Change = Callable[[BudgetState, float], tuple[BudgetState, T]]
+
+SECTION = "ibflex"
+# Redis keys expire once nothing has used a token for this long (a hold-off never lasts that long).
+REDIS_TTL_SECONDS = 24 * 3600
+REDIS_PREFIX = "ibflex:budget:"
+
+
+class BudgetStore(Protocol):
+    """One atomic change of one token's state at a time, wherever the state lives."""
+
+    def update(self, key: str, change: Change[T]) -> T:
+        """Apply ``change(state, now)`` atomically and return its result.
+
+        :param key: the token's key (``token_key``).
+        :param change: gets the current state and the store's clock; returns the new state and a result.
+        """
+        ...
+
+
+class FileBudgetStore:
+    """Budgets in files under ``folder``: one machine, any number of processes.
+
+    :param folder: a folder every process of the deployment on this machine can write.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+
+    def __repr__(self) -> str:
+        return f"FileBudgetStore({str(self.folder)!r})"
+
+    def update(self, key: str, change: Change[T]) -> T:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state_path = self.folder / f"{key}.json"
+        with open(self.folder / f"{key}.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                old = BudgetState.from_json(state_path.read_bytes() if state_path.exists() else None)
+                new, result = change(old, time.time())
+                if new != old:
+                    # Replaced whole, not rewritten in place: a process killed mid-write leaves the old state.
+                    scratch = state_path.with_name(f"{state_path.name}.{os.getpid()}.tmp")
+                    scratch.write_text(new.to_json())
+                    os.replace(scratch, state_path)
+                return result
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class RedisBudgetStore:
+    """Budgets in Redis: any number of processes on any number of machines.
+
+    :param client: a ``redis.Redis`` client.
+    :param prefix: the keys' prefix.
+    """
+
+    def __init__(self, client: Any, prefix: str = REDIS_PREFIX) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        return f"RedisBudgetStore({self.client!r})"
+
+    def update(self, key: str, change: Change[T]) -> T:
+        from redis.exceptions import WatchError
+
+        name = self.prefix + key
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(name)
+                    raw = pipe.get(name)
+                    seconds, micros = pipe.time()
+                    old = BudgetState.from_json(raw)
+                    new, result = change(old, seconds + micros / 1_000_000)
+                    pipe.multi()
+                    if new != old:
+                        pipe.set(name, new.to_json(), ex=REDIS_TTL_SECONDS)
+                    pipe.execute()
+                    return result
+                except WatchError:
+                    continue  # another process changed the token's state first: decide again on the new one
+
+
+def redis_client_from_connection(conn: Any) -> Any:
+    """A Redis client from an Airflow connection of type ``redis``.
+
+    :param conn: the connection: ``host``, ``port``, ``login`` (user), ``password``; extras ``db``
+        (or the schema) and ``ssl``.
+    """
+    try:
+        import redis
+    except ImportError:
+        raise ImportError(
+            "the Redis rate-limit store needs the redis package: pip install 'airflow-provider-ibflex[redis]'"
+        ) from None
+    extra = conn.extra_dejson or {}
+    db = extra.get("db", conn.schema or 0)
+    return redis.Redis(
+        host=conn.host or "localhost",
+        port=int(conn.port or 6379),
+        db=int(db or 0),
+        username=conn.login or None,
+        password=conn.password or None,
+        ssl=str(extra.get("ssl", "")).lower() in ("1", "true", "yes"),
+        socket_timeout=10,
+        socket_connect_timeout=10,
+    )
+
+
+def default_folder() -> Path:
+    """``$AIRFLOW_HOME/ibflex/rate-limits``: shared by every Airflow process on the machine."""
+    home = os.path.expanduser(os.environ.get("AIRFLOW_HOME", "~/airflow"))
+    return Path(home) / "ibflex" / "rate-limits"
+
+
+def store_from_config(conn_id: str, folder: str, get_connection: Callable[[str], Any]) -> BudgetStore:
+    """The store Airflow's configuration names.
+
+    :param conn_id: ``[ibflex] rate_limit_conn_id``: a ``redis`` connection for a budget shared across
+        machines; empty for the file store.
+    :param folder: ``[ibflex] rate_limit_folder``: the file store's folder; empty for the default.
+    :param get_connection: how to load a connection (``BaseHook.get_connection``).
+    """
+    if conn_id.strip():
+        conn = get_connection(conn_id.strip())
+        if conn.conn_type != "redis":
+            raise ValueError(
+                f"[{SECTION}] rate_limit_conn_id {conn_id!r} is a {conn.conn_type!r} connection; "
+                "it must be a 'redis' connection (or leave it empty for the file store on one machine)"
+            )
+        return RedisBudgetStore(redis_client_from_connection(conn))
+    return FileBudgetStore(folder.strip() or default_folder())
