@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := airflow_provider_ibflex tests example_dags scripts $(wildcard benchmarks/*.py)
 
-.PHONY: install anchors browser lint typecheck test demo bench clean
+.PHONY: install anchors packages lint typecheck test demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,17 @@ $(ANCHORS)/.installed:
 
 anchors: $(ANCHORS)/.installed
 
-# The system test drives Airflow's UI in Debian's Chromium (Playwright never downloads a browser here).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium is missing: install Debian's chromium package (sudo apt-get install chromium)"; fi; }
+# Debian packages the tests run for real: Chromium (Airflow's UI, driven by Playwright, which never
+# downloads a browser here), PostgreSQL (the system test's Airflow) and redis-server (the budget store).
+packages:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (sudo apt-get install$$missing)"; exit 1; fi; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(SOURCES)
@@ -39,13 +45,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) anchors browser lint typecheck
+test: $(STAMP) anchors packages lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-bench: $(STAMP) anchors
+bench: $(STAMP) anchors packages
 	$(BIN)/python -m benchmarks.run
 
 clean:

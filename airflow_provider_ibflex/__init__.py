@@ -59,6 +59,34 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_ibflex.triggers.ibflex"],
             }
         ],
+        "config": {
+            "ibflex": {
+                "description": "Where the per-token request budget of the Flex Web Service is kept. The "
+                "service allows each token one request per second and ten per minute; every worker and "
+                "triggerer that uses a token takes its turns from one shared budget.",
+                "options": {
+                    "rate_limit_conn_id": {
+                        "description": "A 'redis' connection: the budget is kept in Redis, shared by every "
+                        "process on every machine that reaches it. Use it when workers or triggerers run "
+                        "on more than one machine (CeleryExecutor, KubernetesExecutor). Empty: the file "
+                        "store below.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "redis_default",
+                        "default": "",
+                    },
+                    "rate_limit_folder": {
+                        "description": "The file store's folder, shared by every process on one machine "
+                        "(LocalExecutor, or one machine running everything). Empty: "
+                        "$AIRFLOW_HOME/ibflex/rate-limits.",
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "/var/lib/airflow/ibflex-rate-limits",
+                        "default": "",
+                    },
+                },
+            }
+        },
         "connection-types": [
             {
                 "hook-class-name": "airflow_provider_ibflex.hooks.ibflex.IBFlexHook",

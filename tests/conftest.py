@@ -109,55 +109,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"{name}: {count}")
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url() -> Iterator[str]:
     """A private redis-server on 127.0.0.1 (Debian's package; ``make test`` installs it)."""
-    import shutil
-    import subprocess
-    import time
+    from tests.services import redis_server
 
-    import redis
-
-    binary = shutil.which("redis-server")
-    assert binary, "Debian's redis-server package is needed (make test installs it)"
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if redis.Redis.from_url(url).ping():
-                    break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline and server.poll() is None, "redis-server did not start"
-                time.sleep(0.05)
+    with redis_server() as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)

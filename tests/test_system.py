@@ -1,18 +1,20 @@
-"""System test: real Airflow processes (api-server, scheduler, dag-processor, triggerer) on SQLite with
-the LocalExecutor, the simulator in its own process, and Airflow's UI in a real headless Chromium.
+"""System test: real Airflow processes (api-server, scheduler, dag-processor, triggerer) on PostgreSQL
+with the LocalExecutor (parallelism 16), the simulator in its own process with the service's rate
+limit on, and Airflow's UI in a real headless Chromium.
 
 Every process is started in its own session and stopped by its process group; everything lives in a
-temporary Airflow home.
+temporary Airflow home; every server listens on 127.0.0.1 only (no log servers: logs are read from
+the shared local folder).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +27,7 @@ import pytest
 import requests
 
 from tests.conftest import new_token
+from tests.services import free_port, postgres_server
 
 pytestmark = pytest.mark.system
 
@@ -42,12 +45,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 DAG_ID = "ibflex_statement_to_storage"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+MANY_DAG_ID = "ibflex_many_queries"
+# Ten queries on one token, each ready a few seconds after its SendRequest.
+MANY_QUERIES = {str(200001 + index): "xml" for index in range(10)}
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Stack:
     token: str
     env: dict[str, str]
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    simulator: str = ""
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.home / f"{name}.log").open("wb")
@@ -80,6 +81,19 @@ class Stack:
         response = requests.get(f"{self.api}/api/v2{path}", params=params, timeout=30)
         response.raise_for_status()
         return response.json()
+
+    def run_dag(self, dag_id: str, run_id: str, timeout: float, conf: dict[str, Any] | None = None) -> str:
+        """Unpause, trigger and wait for a DAG run; return its final state."""
+        api = f"{self.api}/api/v2"
+        requests.patch(f"{api}/dags/{dag_id}", json={"is_paused": False}, timeout=30).raise_for_status()
+        body = {"dag_run_id": run_id, "logical_date": "2026-11-20T00:00:00Z", "conf": conf or {}}
+        requests.post(f"{api}/dags/{dag_id}/dagRuns", json=body, timeout=30).raise_for_status()
+
+        def finished() -> str | None:
+            state = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            return state if state in ("success", "failed") else None
+
+        return str(wait_until(f"the DAG run {dag_id}", finished, timeout))
 
 
 def with_group(process: subprocess.Popen[bytes], signum: int) -> None:
@@ -106,73 +120,70 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     shutil.copytree(REPO / "example_dags", home / "dags")
     port = free_port()
     token = new_token()
+    queries: dict[str, Any] = {"100001": {"generation_polls": 2, "size": 100_000}}
+    queries |= {query_id: {"generation_seconds": 5, "size": 50_000} for query_id in MANY_QUERIES}
     sim_config = home / "simulator.json"
-    sim_config.write_text(
-        json.dumps({"tokens": {token: {}}, "queries": {"100001": {"generation_polls": 2, "size": 100_000}}})
-    )
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))},
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-    }
-    system = Stack(home, f"http://127.0.0.1:{port}", token, env)
-    subprocess.run(
-        [str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
-    )
-    try:
-        ready = home / "simulator.ready"
-        system.start(
-            "simulator",
-            sys.executable,
-            "-m",
-            "airflow_provider_ibflex.simulator",
-            "--config",
-            str(sim_config),
-            "--ready-file",
-            str(ready),
+    # The service's own limit, in real time: 1 request/s and 10/min per token.
+    sim_config.write_text(json.dumps({"tokens": {token: {}}, "queries": queries, "rate_limit": [1.0, 10]}))
+    with postgres_server() as database:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))},
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "16",
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "16",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
+            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        }
+        system = Stack(home, f"http://127.0.0.1:{port}", token, env)
+        subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
         )
-        info = wait_until("the simulator", lambda: ready.exists() and json.loads(ready.read_text()), 30)
-        env["AIRFLOW_CONN_IBFLEX_DEFAULT"] = json.dumps(info["connection"])
-        system.start(
-            "api-server", str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)
-        )
-        for name in ("scheduler", "dag-processor", "triggerer"):
-            system.start(name, str(BIN / "airflow"), name)
-
-        def healthy() -> bool:
-            health = system.get("/monitor/health")
-            return all(
-                health[part]["status"] == "healthy" for part in ("scheduler", "triggerer", "dag_processor")
+        try:
+            ready = home / "simulator.ready"
+            system.start(
+                "simulator",
+                sys.executable,
+                "-m",
+                "airflow_provider_ibflex.simulator",
+                "--config",
+                str(sim_config),
+                "--ready-file",
+                str(ready),
             )
+            info = wait_until("the simulator", lambda: ready.exists() and json.loads(ready.read_text()), 30)
+            env["AIRFLOW_CONN_IBFLEX_DEFAULT"] = json.dumps(info["connection"])
+            system.simulator = info["base_url"]
+            system.start(
+                "api-server", str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)
+            )
+            system.start("scheduler", str(BIN / "airflow"), "scheduler", "--skip-serve-logs")
+            system.start("dag-processor", str(BIN / "airflow"), "dag-processor")
+            system.start("triggerer", str(BIN / "airflow"), "triggerer", "--skip-serve-logs")
 
-        wait_until("a healthy Airflow", healthy, 180)
-        wait_until("the example DAG to be parsed", lambda: system.get(f"/dags/{DAG_ID}"), 120)
-        yield system
-    finally:
-        system.stop()
+            def healthy() -> bool:
+                health = system.get("/monitor/health")
+                parts = ("scheduler", "triggerer", "dag_processor")
+                return all(health[part]["status"] == "healthy" for part in parts)
+
+            wait_until("a healthy Airflow", healthy, 180)
+            for dag_id in (DAG_ID, MANY_DAG_ID):
+                wait_until(f"{dag_id} to be parsed", lambda dag_id=dag_id: system.get(f"/dags/{dag_id}"), 120)
+            yield system
+        finally:
+            system.stop()
     leftovers = [p.pid for p in system.processes if p.poll() is None]
     assert leftovers == [], f"processes left running: {leftovers}"
 
 
 def test_example_dag_defers_and_lands_in_a_real_airflow(stack: Stack) -> None:
-    api = f"{stack.api}/api/v2"
-    requests.patch(f"{api}/dags/{DAG_ID}", json={"is_paused": False}, timeout=30).raise_for_status()
     run_id = "system_test_run"
-    body = {"dag_run_id": run_id, "logical_date": "2026-11-20T00:00:00Z"}
-    requests.post(f"{api}/dags/{DAG_ID}/dagRuns", json=body, timeout=30).raise_for_status()
-
-    def finished() -> str | None:
-        state = stack.get(f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
-        return state if state in ("success", "failed") else None
-
-    assert wait_until("the DAG run", finished, 300) == "success"
+    assert stack.run_dag(DAG_ID, run_id, 300) == "success"
     instances = stack.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
     assert {t["task_id"]: t["state"] for t in instances} == {
         "send_request": "success",
@@ -203,6 +214,31 @@ def test_example_dag_defers_and_lands_in_a_real_airflow(stack: Stack) -> None:
     assert '"sha256"' in xcom["value"] or "sha256" in json.dumps(xcom["value"])
     for text in texts:
         assert stack.token not in text
+
+
+def test_ten_queries_on_one_token_land_with_no_1018(stack: Stack) -> None:
+    """Ten mapped SendRequests and sensors at once, on workers and the triggerer, against the service's
+    real limits: each request waits for the token's shared budget, none draws 1018, all land."""
+    from airflow_provider_ibflex.simulator.process import request_log
+
+    run_id = "many_queries_run"
+    assert stack.run_dag(MANY_DAG_ID, run_id, 600, conf={"queries": MANY_QUERIES}) == "success"
+    instances = stack.get(f"/dags/{MANY_DAG_ID}/dagRuns/{run_id}/taskInstances", limit=100)["task_instances"]
+    landing = [t for t in instances if t["task_id"] == "land_statement"]
+    assert len(landing) == 10 and {t["state"] for t in landing} == {"success"}
+    assert {t["try_number"] for t in instances} == {1}, "a busy token costs no task a retry"
+    folder = stack.home / "statements" / "ibflex" / "2026-11-20"
+    for query_id in MANY_QUERIES:
+        assert (folder / f"{query_id}.xml").read_bytes().rstrip().endswith(b"</FlexQueryResponse>")
+
+    log = request_log(stack.simulator)  # every request of the token, both DAG runs included
+    answers = [row["answer"] for row in log]
+    assert "1018" not in answers and answers.count("statement") >= 11, answers
+    times = sorted(row["at"] for row in log)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert min(gaps) >= 1.0, f"two requests {min(gaps):.3f} s apart"
+    per_minute = max(sum(1 for t in times if start <= t < start + 60) for start in times)
+    assert per_minute <= 10, per_minute
 
 
 def task_log(stack: Stack, run_id: str, task_id: str) -> str:
