@@ -140,6 +140,20 @@ def test_generating_again_at_download_defers_again(
     assert files_under(tmp_path) == ["s.xml"]
 
 
+def test_tight_budget_hands_the_poll_to_the_worker(
+    flex_simulator: FlexSimulator, conn_env: Callable[..., str], tmp_path: Path
+) -> None:
+    """Two requests per window: after SendRequest and the worker's poke, a poll that found the
+    statement ready would leave no turn for its download. So the trigger polls nothing: it waits for a
+    free turn and hands it to the worker, whose one GetStatement lands the statement."""
+    conn_env(flex_simulator.add_token(new_token()), max_requests_per_minute=2, rate_window=1.5)
+    flex_simulator.add_query("42", generation_polls=1)
+    states, _ = run("ibflex_test_deferred", destination=f"file://{tmp_path}/s.xml")
+    assert states == {"send": "success", "land": "success"}
+    assert [r.answer for r in flex_simulator.requests("get")] == ["1019", "statement"]
+    assert files_under(tmp_path) == ["s.xml"]
+
+
 def test_fatal_code_fails_without_retries(
     flex_simulator: FlexSimulator, conn_env: Callable[..., str], tmp_path: Path
 ) -> None:
@@ -266,5 +280,5 @@ def test_mapped_example_dag(
     flex_simulator.add_query("100002", format="csv")
     monkeypatch.setenv("AIRFLOW_VAR_IBFLEX_DESTINATION_BASE", f"file://{tmp_path}")
     states, _ = run("ibflex_many_queries")
-    assert set(states.values()) == {"success"} and len(states) == 4
+    assert set(states.values()) == {"success"} and len(states) == 5
     assert files_under(tmp_path) == ["ibflex/2026-11-20/100001.xml", "ibflex/2026-11-20/100002.csv"]

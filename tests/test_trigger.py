@@ -62,6 +62,17 @@ def test_polls_until_ready_with_backoff(
     assert len(times) == 4 and gaps[-1] > gaps[0] * 1.5, gaps
 
 
+def test_handoff_fires_poll_without_a_request(
+    make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
+) -> None:
+    flex_simulator.add_query("1")
+    code = flex_simulator.state.issue_reference(token, "1")
+    trigger = IBFlexStatementTrigger(code, time.time() + 30, make_conn(token), handoff=True, poke_interval=3)
+    event = asyncio.run(first_event(rebuilt(trigger)))
+    assert event["status"] == "poll" and event["interval"] == 3
+    assert flex_simulator.requests() == []
+
+
 def test_reads_only_the_head_of_a_statement(
     make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
 ) -> None:
