@@ -462,8 +462,32 @@ def _skip_prolog(data: bytes) -> tuple[bytes, bool]:
             if end < 0:
                 return data, True
             data = data[end + 3 :]
+        elif data[:9].lower() == b"<!doctype" and not _is_html_doctype(data):
+            # A document type declaration before the root: skipped to see the root, so that an envelope
+            # with a DTD reaches the envelope parser, which refuses it as such.
+            end = _doctype_end(data)
+            if end < 0:
+                return data, True
+            data = data[end:]
         else:
             return data, False
+
+
+def _is_html_doctype(data: bytes) -> bool:
+    name = data[9:].lstrip(_WS)
+    return len(name) < 4 or name[:4].lower() == b"html"
+
+
+def _doctype_end(data: bytes) -> int:
+    """Where a ``<!DOCTYPE ...>`` ends (past its internal subset, if any); -1 if not in ``data``."""
+    close = data.find(b">")
+    subset = data.find(b"[")
+    if 0 <= subset < close or (subset >= 0 and close < 0):
+        subset_end = data.find(b"]", subset)
+        if subset_end < 0:
+            return -1
+        close = data.find(b">", subset_end)
+    return -1 if close < 0 else close + 1
 
 
 def _starts_with_root(data: bytes, root: bytes) -> bool | None:
@@ -631,7 +655,12 @@ def parse_envelope(body: bytes) -> Envelope:
         )
     try:
         root = SafeET.fromstring(body, forbid_dtd=True)
-    except (DefusedXmlException, SafeET.ParseError, ValueError) as exc:
+    except DefusedXmlException as exc:
+        raise FlexParseError(
+            f"the status envelope declares a DTD or entities ({type(exc).__name__}), which Flex envelopes "
+            "never do: refused unparsed, nothing expanded"
+        ) from None
+    except (SafeET.ParseError, ValueError) as exc:
         raise FlexParseError(f"the status envelope is not well-formed XML: {type(exc).__name__}") from None
     if not isinstance(root.tag, str) or root.tag != ENVELOPE_ROOT.decode():
         raise FlexParseError(f"expected a <FlexStatementResponse> envelope, found <{root.tag}>")

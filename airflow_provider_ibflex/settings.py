@@ -1,7 +1,8 @@
 """Turn an Airflow ``ibflex`` connection into validated settings, shared by the Hook and the trigger.
 
-Pure: it takes the connection's fields, not the connection, so the sync Hook and the async trigger
-(which loads the connection with ``aget_connection``) build the same settings the same way.
+``settings_from_connection`` is pure (it takes the connection's fields); ``load_settings`` loads the
+connection, registers its token with Airflow's secrets masker and validates it: the Hook calls it on
+a worker, the trigger in a thread beside its event loop.
 """
 
 from __future__ import annotations
@@ -117,6 +118,20 @@ def settings_from_connection(
         raise FlexInputError(f"connection {conn_id!r}: {exc}") from None
     user_agent = str(_extra_value(extra, "user_agent") or "").strip() or default_user_agent()
     return FlexSettings(conn_id, token, endpoints, version, user_agent, **numbers)
+
+
+def load_settings(conn_id: str) -> FlexSettings:
+    """Load an ``ibflex`` connection, mask its token in every log, and validate it (blocking).
+
+    :param conn_id: the connection id.
+    """
+    from airflow.sdk import BaseHook
+    from airflow.sdk.log import mask_secret
+
+    conn = BaseHook.get_connection(conn_id)
+    if conn.password:
+        mask_secret(conn.password)
+    return settings_from_connection(conn_id, conn.password, conn.host, conn.extra_dejson)
 
 
 def _number(extra: Mapping[str, Any], name: str, kind: type, default: float, minimum: float) -> Any:

@@ -107,8 +107,9 @@ def write_statement(
         if not direct:
             target.fs.mv(written.path, target.path)
     except BaseException:
-        if not direct:
-            _remove(written)
+        # A close that failed half-way (the store went away during the last part) leaves the file
+        # open: abandon it now, or the garbage collector would try to commit it again later.
+        _abandon(handle, None if direct else written)
         raise
     finally:
         sha.close()

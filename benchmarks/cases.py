@@ -123,9 +123,9 @@ def provider_polling(spec: dict[str, Any], result: dict[str, Any]) -> None:
 
 
 async def _warm_connection() -> None:
-    from airflow_provider_ibflex.triggers.ibflex import load_settings
+    from airflow_provider_ibflex.triggers.ibflex import load_connection
 
-    await load_settings("bench")
+    await load_connection("bench")
 
 
 CASES = {"hook": hook_download, "plain": plain_copy, "provider_polling": provider_polling}

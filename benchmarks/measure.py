@@ -26,30 +26,45 @@ def rss_kib() -> int:
 
 
 @contextmanager
+def sampled_peak(period: float = 0.005) -> Iterator[list[int]]:
+    """Sample this process's RSS every ``period`` seconds during the block; yields ``[peak KiB]``.
+
+    Sampled, not the kernel's lifetime peak, which would count what happened before the block.
+
+    :param period: seconds between samples.
+    """
+    peak = [rss_kib()]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(period):
+            peak[0] = max(peak[0], rss_kib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        sampler.join()
+        peak[0] = max(peak[0], rss_kib())
+
+
+@contextmanager
 def measured(result: dict[str, Any]) -> Iterator[None]:
     """Record ``seconds`` and ``rss_growth_mib`` (peak RSS during the block minus RSS before it).
 
     :param result: the dict the figures are written into.
     """
     before = rss_kib()
-    peak = [before]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.005):
-            peak[0] = max(peak[0], rss_kib())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     started = time.perf_counter()
-    try:
-        yield
-    finally:
-        result["seconds"] = time.perf_counter() - started
-        stop.set()
-        sampler.join()
-        kernel_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        result["rss_growth_mib"] = max(peak[0], kernel_peak, rss_kib()) / 1024 - before / 1024
+    with sampled_peak() as peak:
+        try:
+            yield
+        finally:
+            result["seconds"] = time.perf_counter() - started
+    kernel_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["rss_growth_mib"] = max(peak[0], kernel_peak) / 1024 - before / 1024
 
 
 def scale_sleep(factor: float) -> None:

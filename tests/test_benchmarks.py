@@ -48,4 +48,7 @@ def test_every_benchmark_runs_and_produces_numbers(tmp_path: Path) -> None:
         assert scale["statuses"] == {"ready": scale["triggers"]}
         assert scale["max_lag_s"] >= 0 and scale["cpu_ms_per_poll"] > 0
         assert scale["peak_rss_growth_kib_per_trigger"] >= 0
-    assert "Polling cost" in done.stdout and "Triggerer scale" in done.stdout
+    shared = results["distributed"]
+    assert shared["state"] == "success" and shared["landed"] == shared["queries"] == 3
+    assert shared["wall_s"] > 0 and shared["ideal_s"] > 0 and shared["min_spacing_s"] >= 1.0
+    assert "Polling cost" in done.stdout and "Triggerer scale" in done.stdout and "One token" in done.stdout

@@ -98,6 +98,37 @@ class TestBudgetArithmetic:
         after, grant = try_acquire(BudgetState(), LIMITS, 10.0, Ask("a", peek=True))
         assert not grant.granted and grant.reason == "free" and after == BudgetState()
 
+    def test_polls_let_waiting_sendrequests_go_first(self) -> None:
+        state, _ = try_acquire(BudgetState(), LIMITS, 0.0, Ask("first"))
+        state = release(state, 0.0, "first")
+        state, send = try_acquire(state, LIMITS, 0.5, Ask("send", urgent=True))
+        assert not send.granted and [(holder, urgent) for holder, _, urgent in state.queued] == [
+            ("send", True)
+        ]
+        state, poll = try_acquire(state, LIMITS, 1.0, Ask("poll", keep_spare=1))
+        assert not poll.granted and poll.reason == "queued"
+        state, download = try_acquire(state, LIMITS, 1.0, Ask("download"))
+        assert download.granted, "a download does not yield: its statement is ready"
+        state = release(state, 1.0, "download")
+        state, send = try_acquire(state, LIMITS, 2.0, Ask("send", urgent=True))
+        assert send.granted and [holder for holder, _, _ in state.queued] == ["poll"]
+        # A place in the queue lapses once its caller has stopped asking (its process has gone).
+        state, _ = try_acquire(BudgetState(sent=(0.0,)), LIMITS, 0.5, Ask("gone", urgent=True))
+        state, poll = try_acquire(state, LIMITS, 10.0, Ask("poll", keep_spare=1))
+        assert poll.granted
+
+    def test_a_poll_leaves_a_turn_for_every_waiting_caller(self) -> None:
+        used = tuple(float(t) for t in range(5))  # 5 of 10 used: 4 to spare after one more
+        waiting = tuple((f"w{n}", 100.0, False) for n in range(4))
+        _, grant = try_acquire(
+            BudgetState(sent=used, queued=waiting[:3]), LIMITS, 6.0, Ask("p", keep_spare=1)
+        )
+        assert grant.granted, "3 waiting: one turn is left for the poll's download"
+        _, grant = try_acquire(BudgetState(sent=used, queued=waiting), LIMITS, 6.0, Ask("p", keep_spare=1))
+        assert not grant.granted and grant.reason == "tight"
+        _, grant = try_acquire(BudgetState(sent=used, queued=waiting), LIMITS, 6.0, Ask("download"))
+        assert grant.granted, "only polls keep turns to spare"
+
     def test_unlimited_window_keeps_only_the_last_request(self) -> None:
         limits = Limits(min_interval=0.0, per_window=0)
         turns = run_sequence(limits, [0.0] * 50)
@@ -106,7 +137,7 @@ class TestBudgetArithmetic:
         assert len(state.sent) == 1
 
     def test_state_round_trips_through_json_and_survives_garbage(self) -> None:
-        state = BudgetState((1.5, 2.5), 9.0, "h", 80.0)
+        state = BudgetState((1.5, 2.5), 9.0, "h", 80.0, (("s", 12.0, True),))
         assert BudgetState.from_json(state.to_json()) == state
         for junk in (None, "", b"{not json", "[1, 2]", '{"sent": "x"}'):
             assert BudgetState.from_json(junk) == BudgetState()

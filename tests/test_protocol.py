@@ -115,13 +115,15 @@ class TestEnvelopes:
             b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/hostname">]>'
             b"<FlexStatementResponse><code>&x;</code></FlexStatementResponse>"
         )
-        with pytest.raises(FlexParseError):
+        assert p.classify_body(body) is BodyKind.ENVELOPE, "a DTD does not make an envelope an HTML page"
+        with pytest.raises(FlexParseError, match="declares a DTD"):
             p.parse_envelope(body)
 
     def test_billion_laughs_refused(self) -> None:
         entities = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10 if i else "lol"}">' for i in range(10))
         body = f"<!DOCTYPE r [{entities}]><FlexStatementResponse><code>&l9;</code></FlexStatementResponse>"
-        with pytest.raises(FlexParseError):
+        assert p.classify_body(body.encode()) is BodyKind.ENVELOPE
+        with pytest.raises(FlexParseError, match="declares a DTD"):
             p.parse_envelope(body.encode())
 
 

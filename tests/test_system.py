@@ -1,38 +1,25 @@
 """System test: real Airflow processes (api-server, scheduler, dag-processor, triggerer) on PostgreSQL
 with the LocalExecutor (parallelism 16), the simulator in its own process with the service's rate
-limit on, and Airflow's UI in a real headless Chromium.
-
-Every process is started in its own session and stopped by its process group; everything lives in a
-temporary Airflow home; every server listens on 127.0.0.1 only (no log servers: logs are read from
-the shared local folder).
+limit on, and Airflow's UI in a real headless Chromium (``tests.airflow_stack`` starts and stops it all).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from tests.airflow_stack import Stack, airflow_stack, wait_until
 from tests.conftest import new_token
-from tests.services import free_port, postgres_server
 
 pytestmark = pytest.mark.system
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -48,137 +35,18 @@ DAG_ID = "ibflex_statement_to_storage"
 MANY_DAG_ID = "ibflex_many_queries"
 # Ten queries on one token, each ready a few seconds after its SendRequest.
 MANY_QUERIES = {str(200001 + index): "xml" for index in range(10)}
-
-
-@dataclass
-class Stack:
-    home: Path
-    api: str
-    token: str
-    env: dict[str, str]
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    simulator: str = ""
-
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        log = (self.home / f"{name}.log").open("wb")
-        process = subprocess.Popen(
-            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.home
-        )
-        self.processes.append(process)
-        return process
-
-    def stop(self) -> None:
-        for process in reversed(self.processes):
-            with_group(process, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        for process in self.processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            with_group(process, signal.SIGKILL)
-            process.wait(timeout=10)
-
-    def get(self, path: str, **params: Any) -> Any:
-        response = requests.get(f"{self.api}/api/v2{path}", params=params, timeout=30)
-        response.raise_for_status()
-        return response.json()
-
-    def run_dag(self, dag_id: str, run_id: str, timeout: float, conf: dict[str, Any] | None = None) -> str:
-        """Unpause, trigger and wait for a DAG run; return its final state."""
-        api = f"{self.api}/api/v2"
-        requests.patch(f"{api}/dags/{dag_id}", json={"is_paused": False}, timeout=30).raise_for_status()
-        body = {"dag_run_id": run_id, "logical_date": "2026-11-20T00:00:00Z", "conf": conf or {}}
-        requests.post(f"{api}/dags/{dag_id}/dagRuns", json=body, timeout=30).raise_for_status()
-
-        def finished() -> str | None:
-            state = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
-            return state if state in ("success", "failed") else None
-
-        return str(wait_until(f"the DAG run {dag_id}", finished, timeout))
-
-
-def with_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signum)
-
-
-def wait_until(what: str, check: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (requests.RequestException, OSError, ValueError, KeyError):
-            value = None
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
+TOKEN = new_token()
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("airflow-system")
-    shutil.copytree(REPO / "example_dags", home / "dags")
-    port = free_port()
-    token = new_token()
     queries: dict[str, Any] = {"100001": {"generation_polls": 2, "size": 100_000}}
     queries |= {query_id: {"generation_seconds": 5, "size": 50_000} for query_id in MANY_QUERIES}
-    sim_config = home / "simulator.json"
     # The service's own limit, in real time: 1 request/s and 10/min per token.
-    sim_config.write_text(json.dumps({"tokens": {token: {}}, "queries": queries, "rate_limit": [1.0, 10]}))
-    with postgres_server() as database:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "_AIRFLOW"))},
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "16",
-            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "16",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
-            "AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL": "5",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        }
-        system = Stack(home, f"http://127.0.0.1:{port}", token, env)
-        subprocess.run(
-            [str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
-        )
-        try:
-            ready = home / "simulator.ready"
-            system.start(
-                "simulator",
-                sys.executable,
-                "-m",
-                "airflow_provider_ibflex.simulator",
-                "--config",
-                str(sim_config),
-                "--ready-file",
-                str(ready),
-            )
-            info = wait_until("the simulator", lambda: ready.exists() and json.loads(ready.read_text()), 30)
-            env["AIRFLOW_CONN_IBFLEX_DEFAULT"] = json.dumps(info["connection"])
-            system.simulator = info["base_url"]
-            system.start(
-                "api-server", str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(port)
-            )
-            system.start("scheduler", str(BIN / "airflow"), "scheduler", "--skip-serve-logs")
-            system.start("dag-processor", str(BIN / "airflow"), "dag-processor")
-            system.start("triggerer", str(BIN / "airflow"), "triggerer", "--skip-serve-logs")
-
-            def healthy() -> bool:
-                health = system.get("/monitor/health")
-                parts = ("scheduler", "triggerer", "dag_processor")
-                return all(health[part]["status"] == "healthy" for part in parts)
-
-            wait_until("a healthy Airflow", healthy, 180)
-            for dag_id in (DAG_ID, MANY_DAG_ID):
-                wait_until(f"{dag_id} to be parsed", lambda dag_id=dag_id: system.get(f"/dags/{dag_id}"), 120)
-            yield system
-        finally:
-            system.stop()
-    leftovers = [p.pid for p in system.processes if p.poll() is None]
-    assert leftovers == [], f"processes left running: {leftovers}"
+    config = {"tokens": {TOKEN: {}}, "queries": queries, "rate_limit": [1.0, 10]}
+    home = tmp_path_factory.mktemp("airflow-system")
+    with airflow_stack(home, config, dag_ids=(DAG_ID, MANY_DAG_ID)) as running:
+        yield running
 
 
 def test_example_dag_defers_and_lands_in_a_real_airflow(stack: Stack) -> None:
@@ -213,7 +81,7 @@ def test_example_dag_defers_and_lands_in_a_real_airflow(stack: Stack) -> None:
     texts.append(json.dumps(xcom))
     assert '"sha256"' in xcom["value"] or "sha256" in json.dumps(xcom["value"])
     for text in texts:
-        assert stack.token not in text
+        assert TOKEN not in text
 
 
 def test_ten_queries_on_one_token_land_with_no_1018(stack: Stack) -> None:

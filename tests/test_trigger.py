@@ -180,12 +180,8 @@ def test_many_triggers_share_the_loop_and_each_tokens_budget(tmp_path: Path) -> 
         }
         (tmp_path / "load.json").write_text(json.dumps(spec))
         load = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "airflow_provider_ibflex.simulator.trigger_load",
-                str(tmp_path / "load.json"),
-            ],
+            [sys.executable, "-m", "benchmarks.trigger_load", str(tmp_path / "load.json")],
+            cwd=Path(__file__).resolve().parents[1],
             capture_output=True,
             text=True,
             timeout=300,

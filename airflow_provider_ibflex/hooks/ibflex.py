@@ -16,11 +16,10 @@ from typing import Any, Literal
 import requests
 import tenacity
 from airflow.sdk import BaseHook, ObjectStoragePath
-from airflow.sdk.log import mask_secret
 
 from airflow_provider_ibflex import logredact
 from airflow_provider_ibflex.exceptions import IBFlexFatalError, IBFlexTransientError
-from airflow_provider_ibflex.pacing import BudgetBusy, TokenBudget
+from airflow_provider_ibflex.pacing import BudgetBusy, BudgetTight, TokenBudget
 from airflow_provider_ibflex.protocol import (
     FlexParseError,
     Outcome,
@@ -32,7 +31,7 @@ from airflow_provider_ibflex.protocol import (
     trusted_statement_url,
     validate_reference_code,
 )
-from airflow_provider_ibflex.settings import FlexSettings, settings_from_connection
+from airflow_provider_ibflex.settings import FlexSettings, load_settings
 from airflow_provider_ibflex.storage import resolve_destination, write_statement
 
 log = logging.getLogger(__name__)
@@ -94,12 +93,7 @@ class IBFlexHook(BaseHook):
         super().__init__(**kwargs)
         logredact.install()
         self.ibflex_conn_id = ibflex_conn_id
-        conn = self.get_connection(ibflex_conn_id)
-        if conn.password:
-            mask_secret(conn.password)
-        self.settings: FlexSettings = settings_from_connection(
-            ibflex_conn_id, conn.password, conn.host, conn.extra_dejson
-        )
+        self.settings: FlexSettings = load_settings(ibflex_conn_id)
         self._session: requests.Session | None = None
         self._budget: TokenBudget | None = None
 
@@ -168,7 +162,12 @@ class IBFlexHook(BaseHook):
             raise _Again(self.redact(f"{type(exc).__name__}: {exc}")) from None
 
     def _exchange(
-        self, url: str, params: dict[str, str], call: Literal["send", "get"], budget_wait: float | None = None
+        self,
+        url: str,
+        params: dict[str, str],
+        call: Literal["send", "get"],
+        budget_wait: float | None = None,
+        keep_spare: int = 0,
     ) -> tuple[requests.Response, ResponseReader, Outcome, Iterator[bytes]]:
         """One request in the token's shared budget, read until its meaning is known.
 
@@ -179,9 +178,10 @@ class IBFlexHook(BaseHook):
         :param params: the query parameters.
         :param call: ``send`` or ``get``.
         :param budget_wait: seconds to wait for a turn at most (``BudgetBusy`` beyond); None: no limit.
+        :param keep_spare: a poll: take a turn only if it leaves this many spare (else ``BudgetTight``).
         """
         while True:
-            with self.budget.turn(budget_wait):
+            with self.budget.turn(budget_wait, keep_spare, urgent=call == "send"):
                 response = self._get(url, params)
             reader = ResponseReader(response.status_code, call, self.settings.endpoints)
             chunks = response.iter_content(CHUNK_SIZE)
@@ -250,6 +250,7 @@ class IBFlexHook(BaseHook):
         destination_conn_id: str | None = None,
         url: str | None = None,
         budget_wait: float | None = None,
+        as_poll: bool = False,
     ) -> StatementResult:
         """Call GetStatement once and, if the statement is ready, stream it to ``destination`` atomically.
 
@@ -262,6 +263,8 @@ class IBFlexHook(BaseHook):
         :param destination_conn_id: the storage connection, if the store needs one.
         :param url: the GetStatement URL from SendRequest; used only if trusted.
         :param budget_wait: seconds to wait for the token's turn at most; None waits as long as needed.
+        :param as_poll: the statement is probably not ready yet: take a turn only when the token's
+            budget has one to spare for the download and no SendRequest is waiting (else ``busy``).
         """
         code = validate_reference_code(reference_code)
         target = resolve_destination(destination, destination_conn_id)
@@ -269,7 +272,9 @@ class IBFlexHook(BaseHook):
         params = get_statement_params(self.settings.token, code, self.settings.version)
 
         def attempt() -> StatementResult:
-            response, reader, outcome, rest = self._exchange(get_url, params, "get", budget_wait)
+            response, reader, outcome, rest = self._exchange(
+                get_url, params, "get", budget_wait, keep_spare=1 if as_poll else 0
+            )
             with response:
                 if outcome.kind == "pending":
                     return StatementResult("pending", describe(outcome))
@@ -291,8 +296,8 @@ class IBFlexHook(BaseHook):
 
         try:
             result: StatementResult = self._with_retries(attempt, f"GetStatement for reference code {code}")
-        except BudgetBusy as exc:
-            return StatementResult("busy", str(exc))
+        except (BudgetBusy, BudgetTight) as exc:
+            return StatementResult("busy", f"no turn for the token: {exc}")
         return result
 
     # -- Airflow's Test button -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_ibflex.pacing.budget import (
+    JITTER,
     Ask,
     Grant,
     Limits,
@@ -41,9 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# How far a wait is stretched at random, as a fraction of it: processes that waited for the same
-# moment (the end of a hold-off above all) do not all ask again in the same instant.
-JITTER = 0.1
 # Waits this long or longer are worth a line in the task's log.
 _LOG_WAITS_FROM = 5.0
 # Threads for the trigger's store calls: a store may block (flock, a round trip to Redis).
@@ -65,6 +63,9 @@ class BudgetBusy(Exception):
 
 class BudgetTight(Exception):
     """A turn is free, but the caller asked not to take it (a peek, or too few spare requests left)."""
+
+    def __str__(self) -> str:
+        return "the token's budget has no turn to spare"
 
 
 def later(seconds: float) -> float:
@@ -131,14 +132,19 @@ class TokenBudget:
         return pause
 
     @contextlib.contextmanager
-    def turn(self, max_wait: float | None = None) -> Iterator[None]:
+    def turn(
+        self, max_wait: float | None = None, keep_spare: int = 0, urgent: bool = False
+    ) -> Iterator[None]:
         """Block until this process holds the token's turn; give it back when the block ends.
 
         End the block when the answer's head has arrived, not after a long body.
 
         :param max_wait: seconds to wait at most (``BudgetBusy`` beyond); None waits as long as needed.
+        :param keep_spare: a poll: raise ``BudgetTight`` rather than take a turn that leaves fewer spare
+            requests than this in the window, and let waiting SendRequests go first.
+        :param urgent: a SendRequest: polls let it go first while it waits.
         """
-        request = Ask(uuid.uuid4().hex)
+        request = Ask(uuid.uuid4().hex, keep_spare, urgent=urgent)
         started = time.monotonic()
         while not (grant := self.ask(request)).granted:
             time.sleep(self._pause(grant, time.monotonic() - started, max_wait))

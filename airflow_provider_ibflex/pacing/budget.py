@@ -11,6 +11,12 @@ Three rules keep requests apart however the network delays them:
 - *spacing from the answer*: the next request may start ``min_interval`` after the previous one was
   answered (the service has certainly seen it by then), and the window counts answers too;
 - a *hold-off*: after a 1018 no process sends with the token before the hold-off ends.
+
+Callers that wait for a turn say so in the state (a place in the queue, which lapses if they stop
+asking). Polls, which ask to keep spare turns, count them as demand: a poll takes a turn only if the
+window still has one for every waiting caller and one more (for its own download, should the poll
+find the statement ready). And polls let a waiting SendRequest go first: it starts a statement's
+generation, while a poll made in the meantime would mostly find statements not ready yet.
 """
 
 from __future__ import annotations
@@ -22,7 +28,13 @@ from typing import Literal
 
 # Never ask a store again sooner than this: with no spacing configured, a busy token is not a spin.
 _MIN_WAIT = 0.02
-GrantReason = Literal["granted", "free", "hold_off", "in_flight", "spacing", "window", "tight"]
+GrantReason = Literal["granted", "free", "hold_off", "in_flight", "spacing", "window", "queued", "tight"]
+# How far a caller may stretch a wait at random (as a fraction of it), so that callers told to wait
+# for the same moment (the end of a hold-off above all) do not all ask again in the same instant.
+JITTER = 0.1
+# How long a waiting caller's place in the queue outlives its expected wait (then it lapses: its
+# process has gone).
+_QUEUE_GRACE = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,12 +63,14 @@ class BudgetState:
     :param not_before: no request before this time (a 1018 hold-off).
     :param holder: who holds the lease of the request in flight, if any.
     :param lease_until: when that lease lapses.
+    :param queued: callers waiting for a turn, as ``(holder, lapses at, urgent)``.
     """
 
     sent: tuple[float, ...] = ()
     not_before: float = 0.0
     holder: str | None = None
     lease_until: float = 0.0
+    queued: tuple[tuple[str, float, bool], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -65,6 +79,7 @@ class BudgetState:
                 "not_before": self.not_before,
                 "holder": self.holder,
                 "lease_until": self.lease_until,
+                "queued": [list(entry) for entry in self.queued],
             },
             separators=(",", ":"),
         )
@@ -84,6 +99,10 @@ class BudgetState:
                 float(data.get("not_before", 0.0)),
                 data.get("holder") or None,
                 float(data.get("lease_until", 0.0)),
+                tuple(
+                    (str(holder), float(until), bool(urgent))
+                    for holder, until, urgent in data.get("queued", ())
+                ),
             )
         except (ValueError, TypeError, AttributeError):
             return cls()
@@ -111,14 +130,17 @@ class Ask:
 
     :param holder: a unique id for this request (the lease's owner).
     :param keep_spare: take a turn only if at least this many more requests would still fit in the
-        window afterwards (a poll that finds the statement ready costs a second request for the
-        download: when the budget is that tight, the poll is better made by the downloader).
+        window afterwards, besides one for every caller waiting (a poll that finds the statement
+        ready costs a second request for the download: when the budget is that tight, the poll is
+        better made by the downloader); and let waiting SendRequests go first.
     :param peek: only find out whether a turn is free; take nothing.
+    :param urgent: a SendRequest: while it waits, callers with ``keep_spare`` let it go first.
     """
 
     holder: str
     keep_spare: int = 0
     peek: bool = False
+    urgent: bool = False
 
 
 def earliest_start(state: BudgetState, limits: Limits, now: float) -> tuple[float, GrantReason]:
@@ -161,20 +183,40 @@ def try_acquire(state: BudgetState, limits: Limits, now: float, ask: Ask) -> tup
     :param now: the store's clock.
     :param ask: who asks, and on what terms.
     """
-    if state.holder is not None and state.lease_until > now:
-        # The next turn cannot come before the request in flight is answered, plus the spacing.
-        wait = max(min(limits.min_interval, state.lease_until - now), _MIN_WAIT)
-        return state, Grant(False, wait, "in_flight")
-    start, reason = earliest_start(state, limits, now)
-    if start > now:
-        return state, Grant(False, start - now, reason)
-    if ask.peek:
-        return state, Grant(False, 0.0, "free")
-    if spare_after_one(state, limits, now) < ask.keep_spare:
-        return state, Grant(False, 0.0, "tight")
+    others = tuple(entry for entry in state.queued if entry[1] > now and entry[0] != ask.holder)
+    state = replace(state, queued=others)
+    grant = _refusal(state, limits, now, ask)
+    if grant is not None:
+        if grant.wait > 0:
+            place = (ask.holder, now + later_than(grant.wait) + _QUEUE_GRACE, ask.urgent)
+            state = replace(state, queued=(*others, place))
+        return state, grant
     keep = max(limits.per_window, 1)
     sent = (*state.sent, now)[-keep:]
     return replace(state, sent=sent, holder=ask.holder, lease_until=now + limits.lease_seconds), Grant(True)
+
+
+def later_than(wait: float) -> float:
+    """The longest a caller told to wait ``wait`` may take to ask again (its jitter included)."""
+    return wait * (1 + JITTER)
+
+
+def _refusal(state: BudgetState, limits: Limits, now: float, ask: Ask) -> Grant | None:
+    """Why ``ask`` cannot take a turn now, or None when it can."""
+    if state.holder is not None and state.lease_until > now:
+        # The next turn cannot come before the request in flight is answered, plus the spacing.
+        wait = max(min(limits.min_interval, state.lease_until - now), _MIN_WAIT)
+        return Grant(False, wait, "in_flight")
+    start, reason = earliest_start(state, limits, now)
+    if start > now:
+        return Grant(False, start - now, reason)
+    if ask.keep_spare > 0 and any(urgent for _, _, urgent in state.queued):
+        return Grant(False, max(limits.min_interval, _MIN_WAIT), "queued")
+    if ask.peek:
+        return Grant(False, 0.0, "free")
+    if ask.keep_spare > 0 and spare_after_one(state, limits, now) - len(state.queued) < ask.keep_spare:
+        return Grant(False, 0.0, "tight")
+    return None
 
 
 def release(state: BudgetState, now: float, holder: str) -> BudgetState:
@@ -208,6 +250,7 @@ def token_key(token: str) -> str:
 
 
 __all__ = [
+    "JITTER",
     "Ask",
     "BudgetState",
     "Grant",

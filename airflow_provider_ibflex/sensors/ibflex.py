@@ -96,8 +96,11 @@ class IBFlexStatementSensor(BaseSensorOperator):
             "sensor) to get a new reference code."
         )
 
-    def _download(self) -> StatementResult:
-        """One GetStatement; the statement, if ready, lands at the destination in the same download."""
+    def _download(self, as_poll: bool = False) -> StatementResult:
+        """One GetStatement; the statement, if ready, lands at the destination in the same download.
+
+        :param as_poll: the statement is probably not ready: poll only with a turn to spare.
+        """
         destination = self._checked_destination()
         hook = IBFlexHook(self.ibflex_conn_id)
         try:
@@ -106,6 +109,7 @@ class IBFlexStatementSensor(BaseSensorOperator):
                 destination,
                 url=self.url or None,
                 budget_wait=WORKER_BUDGET_WAIT,
+                as_poll=as_poll,
             )
         except IBFlexFatalError as exc:
             if exc.code == 1017:
@@ -141,7 +145,9 @@ class IBFlexStatementSensor(BaseSensorOperator):
         if not self.deferrable:
             return super().execute(context)
         deadline = time.time() + self.timeout
-        result = self._download()
+        # A first poke right after SendRequest rarely finds the statement ready: it yields to other
+        # tasks' SendRequests and to downloads when the token's budget is tight, and defers instead.
+        result = self._download(as_poll=True)
         if result.landed and result.metadata is not None:
             return self._landed(context, result.metadata)
         self.log.info(

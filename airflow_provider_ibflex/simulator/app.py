@@ -9,6 +9,7 @@ per-token rate limit; and scripted faults at either step. Every request is logge
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import html
 import itertools
@@ -22,14 +23,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
-from airflow_provider_ibflex.protocol import (
-    ERROR_TABLE,
-    MAX_DATE_SPAN_DAYS,
-    MAX_ENVELOPE_BYTES,
-    FlexInputError,
-    date_range,
-)
+# The error texts are data the simulator shares with the client; every decision is its own.
+from airflow_provider_ibflex.protocol import ERROR_TABLE
 from airflow_provider_ibflex.simulator.statements import GeneratedStatement, StatementShape
+
+# The service's rules, as the simulator enforces them.
+MAX_DATE_SPAN_DAYS = 365
+OVERSIZED_ENVELOPE_BYTES = 1024 * 1024 + 1024
 
 CURRENT_PREFIX = "/AccountManagement/FlexWebService/"
 LEGACY_PREFIX = "/Universal/servlet/FlexStatementService."
@@ -366,9 +366,7 @@ class SimulatorState:
         query_id = params.get("q", "")
         if query_id not in self.config.queries:
             return "error", 1014
-        try:
-            date_range(params.get("fd"), params.get("td"))
-        except FlexInputError:
+        if not _valid_period(params.get("fd"), params.get("td")):
             return "error", 1020
         code = self._new_reference(token, query_id)
         if fault is not None and fault.kind == "foreign_url":
@@ -494,7 +492,7 @@ class FlexSimulatorApp:
             ).encode()
             await _respond(send, 200, body)
         elif fault.kind == "oversized":
-            filler = b"<!-- " + b"x" * (MAX_ENVELOPE_BYTES + 1024) + b" -->\n"
+            filler = b"<!-- " + b"x" * OVERSIZED_ENVELOPE_BYTES + b" -->\n"
             body = render_envelope(version, code=1019, status="Warn").replace(
                 b"</FlexStatementResponse>", filler + b"</FlexStatementResponse>"
             )
@@ -546,6 +544,17 @@ class FlexSimulatorApp:
             row["token"] = token_key(record.token) if record.token else None
             rows.append(row)
         await _respond(send, 200, json.dumps(rows).encode(), content_type=b"application/json")
+
+
+def _valid_period(fd: str | None, td: str | None) -> bool:
+    """Both or neither of ``fd``/``td``, as yyyymmdd, in order, at most a year apart."""
+    if not fd and not td:
+        return True
+    try:
+        start, end = (datetime.datetime.strptime(day or "", "%Y%m%d") for day in (fd, td))
+    except ValueError:
+        return False
+    return start <= end and (end - start).days <= MAX_DATE_SPAN_DAYS
 
 
 def _route(path: str) -> tuple[str, bool]:

@@ -26,8 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
-from airflow.sdk import BaseHook
-from airflow.sdk.log import mask_secret
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_ibflex import logredact
@@ -41,7 +39,7 @@ from airflow_provider_ibflex.protocol import (
     redact,
     trusted_statement_url,
 )
-from airflow_provider_ibflex.settings import FlexSettings, settings_from_connection
+from airflow_provider_ibflex.settings import FlexSettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +98,11 @@ _CONNECTION_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibfle
 
 
 def _load_blocking(conn_id: str) -> tuple[FlexSettings, TokenBudget]:
-    conn = BaseHook.get_connection(conn_id)
-    if conn.password:
-        mask_secret(conn.password)
-    settings = settings_from_connection(conn_id, conn.password, conn.host, conn.extra_dejson)
+    settings = load_settings(conn_id)
     return settings, TokenBudget(settings)
 
 
-async def load_settings(conn_id: str) -> tuple[FlexSettings, TokenBudget]:
+async def load_connection(conn_id: str) -> tuple[FlexSettings, TokenBudget]:
     """Load an ``ibflex`` connection, validate it and find its token's budget, without blocking the loop.
 
     Loading a connection registers its password with Airflow's secrets masker, which recompiles one
@@ -261,7 +256,7 @@ class IBFlexStatementTrigger(BaseTrigger):
         logredact.install()
         interval = self.poke_interval
         try:
-            settings, budget = await load_settings(self.ibflex_conn_id)
+            settings, budget = await load_connection(self.ibflex_conn_id)
         except (FlexError, ValueError) as exc:
             yield self._event("error", str(exc), interval)
             return

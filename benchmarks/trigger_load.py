@@ -1,6 +1,6 @@
 """Run many IBFlexStatementTriggers in one event loop, as one triggerer would, and measure the loop.
 
-``python -m airflow_provider_ibflex.simulator.trigger_load SPEC.json`` reads ``{"base_url",
+``python -m benchmarks.trigger_load SPEC.json`` reads ``{"base_url",
 "references": {code: token}, "poke_interval", "min_interval", "deadline_seconds", "masker_warm"}``,
 runs one trigger
 per reference code (one connection per token, from environment variables), and prints JSON: the
@@ -14,11 +14,11 @@ import asyncio
 import json
 import os
 import sys
-import threading
 import time
 from typing import Any
 
 from airflow_provider_ibflex.triggers.ibflex import IBFlexStatementTrigger
+from benchmarks.measure import rss_kib, sampled_peak
 
 
 async def _first_event(trigger: IBFlexStatementTrigger) -> dict[str, Any]:
@@ -48,11 +48,6 @@ async def run_measuring_lag(
     done.set()
     await watcher
     return events, lags
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
 def main(argv: list[str]) -> int:
@@ -102,22 +97,11 @@ def main(argv: list[str]) -> int:
         )
         for code in codes
     ]
-    rss_before = _rss_kib()
-    peak = [rss_before]
-    stop = threading.Event()
-
-    def sample() -> None:
-        # Sampled, not the kernel's lifetime peak: that would count what happened before the run.
-        while not stop.wait(0.02):
-            peak[0] = max(peak[0], _rss_kib())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    rss_before = rss_kib()
     cpu_before = time.process_time()
     started = time.perf_counter()
-    events, lags = asyncio.run(run_measuring_lag(triggers))
-    stop.set()
-    sampler.join()
+    with sampled_peak(0.02) as peak:
+        events, lags = asyncio.run(run_measuring_lag(triggers))
     lags.sort()
     result = {
         "triggers": len(triggers),
