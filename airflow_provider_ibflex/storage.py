@@ -91,7 +91,9 @@ def write_statement(
     written = target if direct else temporary_sibling(target)
     sha = BackgroundSha256()
     digest = StatementDigest(kind, sha)
-    handle = written.open("wb", block_size=WRITE_BLOCK_SIZE)
+    # The filesystem's own file, not ObjectStoragePath.open()'s wrapper: abandoning an upload must
+    # reach the file itself, and lineage is reported once for the landed statement, not per chunk.
+    handle = written.fs.open(written.path, "wb", block_size=WRITE_BLOCK_SIZE)
     try:
         for chunk in chunks:
             if chunk:
@@ -113,6 +115,7 @@ def write_statement(
         raise
     finally:
         sha.close()
+    _report_lineage(target)
     return {
         "uri": str(target),
         "size": digest.size,
@@ -120,6 +123,15 @@ def write_statement(
         "format": digest.format,
         "reference_code": reference_code,
     }
+
+
+def _report_lineage(target: ObjectStoragePath) -> None:
+    """Tell Airflow's hook lineage the statement was written, as ObjectStoragePath's own files do."""
+    try:
+        from airflow.sdk.lineage import get_hook_lineage_collector
+    except ImportError:  # pragma: no cover - lineage is optional
+        return
+    get_hook_lineage_collector().add_output_asset(context=target, uri=str(target))
 
 
 class BackgroundSha256:
