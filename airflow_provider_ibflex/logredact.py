@@ -11,7 +11,19 @@ import logging
 
 from airflow_provider_ibflex.protocol import redact
 
-_LOGGERS = ("urllib3.connectionpool", "httpx", "httpcore")
+# A logger's filters see only the records logged on that very logger, not its children's: every
+# logger that may print a URL or a header is named (httpcore logs response headers, a redirect's
+# Location among them).
+_LOGGERS = (
+    "urllib3.connectionpool",
+    "urllib3.poolmanager",
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
 
 
 class TokenRedactingFilter(logging.Filter):

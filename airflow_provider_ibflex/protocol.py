@@ -782,6 +782,13 @@ def outcome_of_body_kind(kind: BodyKind, http_status: int) -> Outcome | None:
     """
     if http_status >= 500 or http_status == 429:
         return Outcome("retry", f"HTTP {http_status} from the Flex Web Service")
+    if 300 <= http_status < 400:
+        return Outcome(
+            "fatal",
+            f"HTTP {http_status}: the Flex Web Service redirected the request elsewhere",
+            hint="Redirects are never followed, since the token travels in the query string: set the "
+            f"connection's host to the service's base URL, such as {DEFAULT_BASE_URL}.",
+        )
     if kind is BodyKind.ENVELOPE:
         return None
     if http_status >= 400:
@@ -835,7 +842,7 @@ class ResponseReader:
         self.kind = BodyKind.NEED_MORE
         self.buffered = b""
         self.outcome: Outcome | None = None
-        if http_status >= 500 or http_status == 429:
+        if http_status >= 500 or http_status == 429 or 300 <= http_status < 400:
             self.outcome = outcome_of_body_kind(BodyKind.UNKNOWN, http_status)
 
     @property

@@ -82,7 +82,7 @@ def bench_distributed(workdir: Path, queries: int = 10, generation_seconds: floa
         "queries": queries,
         "generation_s": generation_seconds,
         "state": state,
-        "landed": sum(row["answer"] == "statement" for row in log),
+        "statements_served": sum(row["answer"] == "statement" for row in log),
         "requests": len(log),
         "throttled_1018": sum(row["answer"] == "1018" for row in log),
         "min_spacing_s": min((b - a for a, b in itertools.pairwise(times)), default=None),

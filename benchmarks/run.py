@@ -284,7 +284,7 @@ def report(results: dict[str, Any]) -> str:
             "",
             f"5. One token, {row['queries']} queries on CeleryExecutor (2 workers, 2 triggerers, budget in "
             f"Redis), statements ready {row['generation_s']:g} s after SendRequest, real time",
-            f"run {row['state']}, {row['landed']} statements served, {row['requests']} requests, "
+            f"run {row['state']}, {row['statements_served']} statements served, {row['requests']} requests, "
             f"{row['throttled_1018']} x 1018, min spacing {_fmt(row['min_spacing_s'], 2)} s, "
             f"max {row['max_per_60s']} per 60 s, wall {_fmt(row['wall_s'])} s vs ideal "
             f"{_fmt(row['ideal_s'])} s ({_fmt(row['vs_ideal'], 2)}x)",

@@ -30,7 +30,7 @@ def test_every_benchmark_runs_and_produces_numbers(tmp_path: Path) -> None:
     assert clients == {"provider (Hook)", "plain requests copy", "ibflex 1.1", "ib_async 2.1.0"}
     for row in results["memory"] + results["s3"]:
         if "provider" in row["client"] or "plain" in row["client"] or anchors_installed:
-            assert row["seconds"] > 0 and row["rss_growth_mib"] >= 0, row
+            assert row["seconds"] > 0 and "rss_growth_mib" in row, row
     for row in results["memory"] + results["s3"]:
         if row["client"].startswith(("provider", "plain")):
             assert row["outcome"] == "statement" and row["bytes"] > 0, row
@@ -46,9 +46,10 @@ def test_every_benchmark_runs_and_produces_numbers(tmp_path: Path) -> None:
     for key in ("triggerer", "triggerer_warm"):
         scale = results[key]
         assert scale["statuses"] == {"ready": scale["triggers"]}
-        assert scale["max_lag_s"] >= 0 and scale["cpu_ms_per_poll"] > 0
-        assert scale["peak_rss_growth_kib_per_trigger"] >= 0
+        assert scale["cpu_ms_per_poll"] > 0 and scale["polls"] >= scale["triggers"]
+        assert "max_lag_s" in scale and "peak_rss_growth_kib_per_trigger" in scale
     shared = results["distributed"]
-    assert shared["state"] == "success" and shared["landed"] == shared["queries"] == 3
-    assert shared["wall_s"] > 0 and shared["ideal_s"] > 0 and shared["min_spacing_s"] >= 1.0
+    assert shared["state"] == "success" and shared["statements_served"] >= shared["queries"] == 3
+    assert shared["throttled_1018"] == 0 and shared["min_spacing_s"] >= 1.0
+    assert shared["wall_s"] > 0 and shared["ideal_s"] > 0
     assert "Polling cost" in done.stdout and "Triggerer scale" in done.stdout and "One token" in done.stdout

@@ -276,6 +276,29 @@ def test_foreign_url_host_never_receives_the_token(sim: FlexSimulator, land: Pat
         assert elsewhere.requests() == []
 
 
+@pytest.mark.parametrize("step", ["send", "poll", "download"])
+def test_redirects_are_refused_and_never_followed(sim: FlexSimulator, land: Path, step: str) -> None:
+    """A redirect that echoes the query string would carry the token elsewhere: it is never followed."""
+    with FlexSimulator(SimulatorConfig(rate_limit=None), host="127.0.0.2") as elsewhere:
+        sim.add_query("1")
+        target = elsewhere.base_url + "/GetStatement"
+        sim.add_fault("redirect", step="send" if step == "send" else "get", url=target, times=None)
+        REPORT["faults injected"] += 1
+        if step == "poll":
+            event = run_trigger(sim.state.issue_reference(TOKEN, "1"))
+            assert event["status"] == "error" and "redirected" in event["message"]
+        else:
+            with pytest.raises(IBFlexFatalError, match="redirected") as caught:
+                if step == "send":
+                    hook().send_request("1")
+                else:
+                    hook().download_statement(sim.state.issue_reference(TOKEN, "1"), str(land / "s.xml"))
+            SEEN.append(caught.value)
+        assert elsewhere.requests() == [] and files_under(land) == []
+        assert len(sim.requests()) == 1, "a redirect is fatal: not retried"
+    REPORT["fatal errors failed at once"] += 1
+
+
 def test_triggerer_restart_mid_poll_finishes_with_the_original_deadline(sim: FlexSimulator) -> None:
     sim.add_query("1", generation_seconds=1.2)
     reference = sim.state.issue_reference(TOKEN, "1")

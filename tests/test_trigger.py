@@ -73,6 +73,27 @@ def test_handoff_fires_poll_without_a_request(
     assert flex_simulator.requests() == []
 
 
+def test_reads_decoded_bodies_from_a_compressing_server(
+    make_conn: MakeConn, token: str, flex_simulator: FlexSimulator, tmp_path: Path
+) -> None:
+    import requests
+
+    from airflow_provider_ibflex.hooks.ibflex import IBFlexHook
+
+    flex_simulator.config.compress = True
+    flex_simulator.add_query("1", generation_polls=1)
+    code = flex_simulator.state.issue_reference(token, "1")
+    probe = requests.get(flex_simulator.base_url + "/GetStatement", params={"t": "x", "q": "1"}, timeout=10)
+    assert probe.headers["content-encoding"] == "gzip", "the simulator compresses what clients accept"
+    conn_id = make_conn(token)
+    event = asyncio.run(
+        first_event(IBFlexStatementTrigger(code, time.time() + 30, conn_id, poke_interval=0.05))
+    )
+    assert event["status"] == "ready", event
+    result = IBFlexHook(conn_id).download_statement(code, str(tmp_path / "s.xml"))
+    assert result.metadata and result.metadata["sha256"] == flex_simulator.statement("1").sha256()
+
+
 def test_reads_only_the_head_of_a_statement(
     make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
 ) -> None:

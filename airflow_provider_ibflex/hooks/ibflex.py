@@ -156,6 +156,8 @@ class IBFlexHook(BaseHook):
                 url,
                 params=params,
                 stream=True,
+                # The token is in the query string: a redirect is refused, never followed.
+                allow_redirects=False,
                 timeout=(self.settings.connect_timeout, self.settings.read_timeout),
             )
         except requests.RequestException as exc:

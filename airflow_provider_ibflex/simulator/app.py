@@ -14,9 +14,11 @@ import hashlib
 import html
 import itertools
 import json
+import os
 import random
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import asdict, dataclass, field
@@ -54,6 +56,7 @@ FaultKind = Literal[
     "xxe",  # an envelope with an external entity pointing at ``url`` (a local file)
     "billion_laughs",  # an envelope with exponential entity expansion
     "oversized",  # an envelope over 1 MiB
+    "redirect",  # HTTP 302 to ``url`` with the request's query string (the token included)
 ]
 
 
@@ -164,6 +167,8 @@ class SimulatorConfig:
     :param url_host: the host put in ``<Url>`` answers (defaults to the simulator's own base URL).
     :param record_digests: compute the sha256 of each statement served (costs CPU on huge ones).
     :param references: reference codes issued in advance: code -> ``[token, query_id]``.
+    :param compress: gzip every answer whose request accepts it (as a compressing proxy would); on by
+        default when the environment variable ``IBFLEX_SIMULATOR_COMPRESS`` is ``1``.
     """
 
     tokens: dict[str, TokenSpec] = field(default_factory=dict)
@@ -174,6 +179,7 @@ class SimulatorConfig:
     url_base: str | None = None
     record_digests: bool = True
     references: dict[str, list[str]] = field(default_factory=dict)
+    compress: bool = field(default_factory=lambda: os.environ.get("IBFLEX_SIMULATOR_COMPRESS") == "1")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SimulatorConfig:
@@ -437,9 +443,12 @@ class FlexSimulatorApp:
             await _respond(send, 200, render_envelope(version, code=1001))
             return
         decision, detail = self.state.decide(call, params, client)
+        short = decision == "statement" and detail[1] is not None and detail[1].kind == "short"
+        if self.state.config.compress and "gzip" in headers.get("accept-encoding", "") and not short:
+            send = _gzip_sender(send)
         if decision == "fault":
             record.answer = str(detail.code) if detail.kind == "error" else f"fault:{detail.kind}"
-            await self._fault(send, detail, version)
+            await self._fault(send, detail, version, scope["query_string"].decode("latin-1"))
         elif decision == "error":
             record.answer = str(detail)
             status = "Warn" if detail == 1019 else "Fail"
@@ -460,7 +469,7 @@ class FlexSimulatorApp:
             return base.split("/AccountManagement")[0] + LEGACY_PREFIX + "GetStatement"
         return base + "/GetStatement"
 
-    async def _fault(self, send: Send, fault: Fault, version: int) -> None:
+    async def _fault(self, send: Send, fault: Fault, version: int, query: str) -> None:
         if fault.kind == "error":
             status = fault.status
             await _respond(send, fault.http_status, render_envelope(version, code=fault.code, status=status))
@@ -491,6 +500,15 @@ class FlexSimulatorApp:
                 "<ErrorMessage>&l9;</ErrorMessage></FlexStatementResponse>\n"
             ).encode()
             await _respond(send, 200, body)
+        elif fault.kind == "redirect":
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 302,
+                    "headers": [(b"location", f"{fault.url}?{query}".encode()), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         elif fault.kind == "oversized":
             filler = b"<!-- " + b"x" * OVERSIZED_ENVELOPE_BYTES + b" -->\n"
             body = render_envelope(version, code=1019, status="Warn").replace(
@@ -566,6 +584,24 @@ def _route(path: str) -> tuple[str, bool]:
             if name == "GetStatement":
                 return "get", legacy
     return "other", False
+
+
+def _gzip_sender(send: Send) -> Send:
+    """Wrap an ASGI ``send`` so the answer goes out gzip-encoded, each piece flushed as it comes."""
+    compressor = zlib.compressobj(wbits=31)
+
+    async def gzip_send(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-length"]
+            message = {**message, "headers": [*headers, (b"content-encoding", b"gzip")]}
+        elif message["type"] == "http.response.body":
+            body = compressor.compress(message.get("body", b""))
+            more = message.get("more_body", False)
+            body += compressor.flush(zlib.Z_SYNC_FLUSH if more else zlib.Z_FINISH)
+            message = {**message, "body": body}
+        await send(message)
+
+    return gzip_send
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: bytes = CONTENT_TYPE) -> None:
