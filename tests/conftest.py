@@ -116,3 +116,67 @@ def redis_url() -> Iterator[str]:
 
     with redis_server() as url:
         yield url
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes."""
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def first_event(trigger: Any) -> dict[str, Any]:
+    """Run a trigger until its first event, as the triggerer would; return the event's payload."""
+    async for event in trigger.run():
+        return dict(event.payload)
+    raise AssertionError("the trigger ended without an event")
+
+
+class MotoS3:
+    """moto's S3 server on 127.0.0.1 (region eu-west-2: moto refuses s3fs's location constraint in
+    us-east-1), with a boto3 client and the ``AIRFLOW_CONN_<ID>`` JSON of an ``aws`` connection to it.
+
+    :param port: the port, 0 for any free one (give the old port to bring a stopped server back).
+    """
+
+    REGION = "eu-west-2"
+
+    def __init__(self, port: int = 0) -> None:
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        self.server.start()
+        host, self.port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{self.port}"
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name=self.REGION,
+        )
+
+    def bucket(self, name: str) -> str:
+        self.client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": self.REGION})
+        return name
+
+    def connection(self, **extra: Any) -> str:
+        import json
+
+        body = {"endpoint_url": self.endpoint, "region_name": self.REGION, **extra}
+        return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": body})
+
+    def keys(self, bucket: str) -> list[str]:
+        return [item["Key"] for item in self.client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def moto_s3() -> Iterator[MotoS3]:
+    """A fresh moto S3 server for one test."""
+    server = MotoS3()
+    yield server
+    server.stop()

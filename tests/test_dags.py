@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_ibflex.simulator import FlexSimulator
-from tests.conftest import FAST_EXTRAS, files_under, new_token
+from tests.conftest import FAST_EXTRAS, MotoS3, files_under, new_token, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
 LOGICAL_DATE = datetime(2026, 11, 20, tzinfo=timezone.utc)
@@ -82,10 +82,6 @@ def xcoms(run_id: str) -> list[Any]:
         return [row.value for row in session.query(XComModel).filter(XComModel.run_id == run_id)]
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @pytest.mark.parametrize("mode", ["deferred", "poke"])
 @pytest.mark.parametrize("fmt", ["xml", "csv"])
 def test_statement_lands(
@@ -100,14 +96,14 @@ def test_statement_lands(
     # In deferred mode the trigger also saw the statement's head before the worker downloaded it.
     served = [r for r in flex_simulator.requests("get") if r.answer == "statement"]
     assert len(served) == (2 if mode == "deferred" else 1)
-    assert served[-1].sha256 == sha(dest)
+    assert served[-1].sha256 == sha256_of(dest)
     assert files_under(tmp_path / "out") == [f"s.{fmt}"]
     values = xcoms(run_id)
     (meta,) = [v for v in values if isinstance(v, dict)]
     assert meta == {
         "uri": f"file://{dest}",
         "size": dest.stat().st_size,
-        "sha256": sha(dest),
+        "sha256": sha256_of(dest),
         "format": fmt,
         "reference_code": served[-1].q,
     }
@@ -196,43 +192,23 @@ def test_asset_event_carries_metadata(flex_simulator: FlexSimulator, conn_env: C
     with create_session() as session:
         events = [e for e in session.query(AssetEvent).all() if e.source_run_id == run_id]
     assert len(events) == 1
-    assert events[0].extra["sha256"] == sha(landed) and events[0].extra["format"] == "xml"
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    assert events[0].extra["sha256"] == sha256_of(landed) and events[0].extra["format"] == "xml"
 
 
 def test_statement_lands_in_s3(
     flex_simulator: FlexSimulator,
     conn_env: Callable[..., str],
-    moto_server: str,
+    moto_s3: MotoS3,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import boto3
-
-    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "eu-west-1"}
-    s3 = boto3.client("s3", endpoint_url=moto_server, **creds)
-    s3.create_bucket(Bucket="statements", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
-    aws = {"endpoint_url": moto_server, "region_name": "eu-west-1"}
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_MOTO_S3",
-        json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": aws}),
-    )
+    bucket = moto_s3.bucket("statements")
+    monkeypatch.setenv("AIRFLOW_CONN_MOTO_S3", moto_s3.connection())
     conn_env(flex_simulator.add_token(new_token()))
     flex_simulator.add_query("42", size=7_000_000, generation_polls=1)
-    states, _ = run("ibflex_test_s3", destination="s3://statements/ibflex/2026-11-20/42.xml")
+    states, _ = run("ibflex_test_s3", destination=f"s3://{bucket}/ibflex/2026-11-20/42.xml")
     assert states == {"send": "success", "land": "success"}
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="statements").get("Contents", [])]
-    assert keys == ["ibflex/2026-11-20/42.xml"]
-    body = s3.get_object(Bucket="statements", Key=keys[0])["Body"].read()
+    assert moto_s3.keys(bucket) == ["ibflex/2026-11-20/42.xml"]
+    body = moto_s3.client.get_object(Bucket=bucket, Key="ibflex/2026-11-20/42.xml")["Body"].read()
     served = [r for r in flex_simulator.requests("get") if r.answer == "statement"]
     assert hashlib.sha256(body).hexdigest() == served[-1].sha256
 

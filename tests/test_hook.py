@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import logging
@@ -18,7 +17,7 @@ from airflow_provider_ibflex.exceptions import IBFlexFatalError, IBFlexTransient
 from airflow_provider_ibflex.hooks.ibflex import IBFlexHook
 from airflow_provider_ibflex.protocol import FlexInputError
 from airflow_provider_ibflex.simulator import FlexSimulator
-from tests.conftest import files_under, new_token
+from tests.conftest import files_under, new_token, sha256_of
 
 MakeConn = Callable[..., str]
 
@@ -26,10 +25,6 @@ MakeConn = Callable[..., str]
 @pytest.fixture
 def hook(make_conn: MakeConn, token: str) -> IBFlexHook:
     return IBFlexHook(make_conn(token))
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class TestConnection:
@@ -220,11 +215,11 @@ class TestDownload:
         assert result.metadata == {
             "uri": dest,
             "size": landed.stat().st_size,
-            "sha256": sha(landed),
+            "sha256": sha256_of(landed),
             "format": "xml",
             "reference_code": ref.reference_code,
         }
-        assert (served.size, served.sha256) == (landed.stat().st_size, sha(landed))
+        assert (served.size, served.sha256) == (landed.stat().st_size, sha256_of(landed))
         assert files_under(out_dir) == ["a/b/statement.xml"]
 
     def test_csv_statement(self, hook: IBFlexHook, flex_simulator: FlexSimulator, out_dir: Path) -> None:

@@ -43,7 +43,7 @@ from airflow_provider_ibflex.protocol import (
 )
 from airflow_provider_ibflex.simulator import FlexSimulator, SimulatorConfig
 from airflow_provider_ibflex.triggers.ibflex import IBFlexStatementTrigger
-from tests.conftest import FAST_EXTRAS, files_under, new_token
+from tests.conftest import FAST_EXTRAS, MotoS3, files_under, first_event, new_token, sha256_of
 
 TOKEN = new_token()
 REPORT: dict[str, int] = {
@@ -67,13 +67,15 @@ class _Capture(logging.Handler):
             self.messages.append(record.getMessage())
 
 
+CAPTURE = _Capture()
+
+
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlexSimulator]:
-    """One simulator, one token, and a log capture for the whole module; the leak check at the end."""
-    capture = _Capture()
+    """One simulator, one token, and a log capture at DEBUG for the whole module."""
     root = logging.getLogger()
     old_level = root.level
-    root.addHandler(capture)
+    root.addHandler(CAPTURE)
     root.setLevel(logging.DEBUG)
     for name in ("urllib3", "httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.DEBUG)
@@ -88,17 +90,10 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FlexSimulator]:
             )
             conn_vars.append(name)
         yield simulator
-    root.removeHandler(capture)
+    root.removeHandler(CAPTURE)
     root.setLevel(old_level)
     for name in conn_vars:
         del os.environ[name]
-    leaks = [m for m in capture.messages if TOKEN in m]
-    leaks += [repr(x) for x in SEEN if TOKEN in repr(x) or TOKEN in str(x)]
-    for folder in LANDING_DIRS:
-        leaks += [str(p) for p in Path(folder).rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
-    REPORT["token leaks"] = len(leaks)
-    assert capture.messages, "the capture must have seen the suite's logs"
-    assert leaks == []
 
 
 LANDING_DIRS: list[Path] = []
@@ -121,13 +116,9 @@ def hook(version: int = 3) -> IBFlexHook:
     return IBFlexHook(f"reliable_v{version}")
 
 
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def landed_intact(result: Any, dest: Path, sim: FlexSimulator, query_id: str = "1") -> None:
     SEEN.append(result)
-    assert result.landed and result.metadata["sha256"] == sha(dest) == sim.statement(query_id).sha256()
+    assert result.landed and result.metadata["sha256"] == sha256_of(dest) == sim.statement(query_id).sha256()
     REPORT["statements landed intact"] += 1
 
 
@@ -137,12 +128,7 @@ def run_trigger(reference: str, version: int = 3, deadline: float = 30, **kwargs
     )
     SEEN.append(trigger.serialize())
 
-    async def first() -> dict[str, Any]:
-        async for event in trigger.run():
-            return dict(event.payload)
-        raise AssertionError("no event")
-
-    event = asyncio.run(first())
+    event = asyncio.run(first_event(trigger))
     SEEN.append(event)
     return event
 
@@ -308,22 +294,16 @@ def test_triggerer_restart_mid_poll_finishes_with_the_original_deadline(sim: Fle
     REPORT["faults injected"] += 1
 
     async def restart() -> dict[str, Any]:
-        task = asyncio.ensure_future(_first_event(first))
+        task = asyncio.ensure_future(first_event(first))
         await asyncio.sleep(0.5)
         task.cancel()
         assert sim.requests("get"), "the first trigger had started polling"
         again = IBFlexStatementTrigger(**json.loads(json.dumps(kwargs)))
-        return await _first_event(again)
+        return await first_event(again)
 
     event = asyncio.run(restart())
     SEEN.append(event)
     assert event["status"] == "ready" and event["deadline"] == deadline
-
-
-async def _first_event(trigger: IBFlexStatementTrigger) -> dict[str, Any]:
-    async for event in trigger.run():
-        return dict(event.payload)
-    raise AssertionError("no event")
 
 
 def test_worker_killed_mid_download_leaves_nothing_visible(sim: FlexSimulator, land: Path) -> None:
@@ -365,30 +345,16 @@ def test_unwritable_destination_is_a_clear_error(sim: FlexSimulator, land: Path)
     assert files_under(land) == ["blocker"]
 
 
-def test_s3_going_away_mid_upload(sim: FlexSimulator, land: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    s3 = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id="t", aws_secret_access_key="t", region_name="eu-west-2"
-    )
-    s3.create_bucket(Bucket="reliable", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-    aws = {
-        "endpoint_url": endpoint,
-        "region_name": "eu-west-2",
-        "config_kwargs": {"retries": {"max_attempts": 1}},
-    }
+def test_s3_going_away_mid_upload(
+    sim: FlexSimulator, land: Path, monkeypatch: pytest.MonkeyPatch, moto_s3: MotoS3
+) -> None:
+    bucket = moto_s3.bucket("reliable")
     monkeypatch.setenv(
-        "AIRFLOW_CONN_RELIABLE_S3",
-        json.dumps({"conn_type": "aws", "login": "t", "password": "t", "extra": aws}),
+        "AIRFLOW_CONN_RELIABLE_S3", moto_s3.connection(config_kwargs={"retries": {"max_attempts": 1}})
     )
     sim.add_query("1", size=120_000_000)
     reference = sim.state.issue_reference(TOKEN, "1")
-    destination = "s3://reliable/ibflex/s.xml"
+    destination = f"s3://{bucket}/ibflex/s.xml"
     REPORT["faults injected"] += 1
     outcome: dict[str, Any] = {}
 
@@ -405,66 +371,42 @@ def test_s3_going_away_mid_upload(sim: FlexSimulator, land: Path, monkeypatch: p
     while not sim.requests("get"):
         time.sleep(0.005)
     time.sleep(0.2)
-    server.stop()
+    moto_s3.stop()
     worker.join(timeout=300)
     SEEN.append(outcome)
     assert "error" in outcome, "the upload should have failed with the store gone"
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    back = MotoS3(port=moto_s3.port)
     try:
-        assert s3.list_objects_v2(Bucket="reliable").get("Contents", []) == [], "no partial object"
+        assert back.keys(bucket) == [], "no partial object"
         result = hook().download_statement(reference, destination, destination_conn_id="reliable_s3")
         SEEN.append(result)
-        body = s3.get_object(Bucket="reliable", Key="ibflex/s.xml")["Body"].read()
+        body = back.client.get_object(Bucket=bucket, Key="ibflex/s.xml")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == sim.statement("1").sha256() == result.metadata["sha256"]
-        assert [o["Key"] for o in s3.list_objects_v2(Bucket="reliable")["Contents"]] == ["ibflex/s.xml"]
+        assert back.keys(bucket) == ["ibflex/s.xml"]
         REPORT["statements landed intact"] += 1
     finally:
-        server.stop()
+        back.stop()
 
 
 def test_truncated_statement_to_s3_leaves_no_object_and_no_upload(
-    sim: FlexSimulator, land: Path, monkeypatch: pytest.MonkeyPatch
+    sim: FlexSimulator, land: Path, monkeypatch: pytest.MonkeyPatch, moto_s3: MotoS3
 ) -> None:
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="t",
-            aws_secret_access_key="t",
-            region_name="eu-west-2",
+    bucket = moto_s3.bucket("truncated")
+    monkeypatch.setenv("AIRFLOW_CONN_TRUNCATED_S3", moto_s3.connection())
+    # Larger than one upload part, so the write has started a multipart upload when it is refused.
+    sim.add_query("1", size=20_000_000)
+    sim.add_fault("truncated", times=None)
+    REPORT["faults injected"] += 3
+    with pytest.raises(IBFlexTransientError, match="truncated") as caught:
+        hook().download_statement(
+            sim.state.issue_reference(TOKEN, "1"), f"s3://{bucket}/s.xml", destination_conn_id="truncated_s3"
         )
-        s3.create_bucket(Bucket="truncated", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-        aws = {"endpoint_url": endpoint, "region_name": "eu-west-2"}
-        monkeypatch.setenv(
-            "AIRFLOW_CONN_TRUNCATED_S3",
-            json.dumps({"conn_type": "aws", "login": "t", "password": "t", "extra": aws}),
-        )
-        # Larger than one upload part, so the write has started a multipart upload when it is refused.
-        sim.add_query("1", size=20_000_000)
-        sim.add_fault("truncated", times=None)
-        REPORT["faults injected"] += 3
-        with pytest.raises(IBFlexTransientError, match="truncated") as caught:
-            hook().download_statement(
-                sim.state.issue_reference(TOKEN, "1"),
-                "s3://truncated/s.xml",
-                destination_conn_id="truncated_s3",
-            )
-        SEEN.append(caught.value)
-        import gc
+    SEEN.append(caught.value)
+    import gc
 
-        gc.collect()  # a leaked file object's __del__ must not commit anything either
-        assert s3.list_objects_v2(Bucket="truncated").get("Contents", []) == []
-        assert s3.list_multipart_uploads(Bucket="truncated").get("Uploads", []) == []
-    finally:
-        server.stop()
+    gc.collect()  # a leaked file object's __del__ must not commit anything either
+    assert moto_s3.keys(bucket) == []
+    assert moto_s3.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -518,8 +460,13 @@ def test_reader_never_raises_on_arbitrary_bytes(body: bytes, step: int, status: 
         for start in range(0, len(body), step):
             if reader.feed(body[start : start + step]):
                 break
-        outcome = reader.outcome or reader.end()
-        assert outcome.kind in ("reference", "statement", "pending", "throttled", "retry", "fatal")
+        outcome = reader.verdict()
+        if outcome.kind == "reference":
+            assert call == "send" and outcome.reference_code and outcome.reference_code.isdigit()
+        if status >= 500:
+            assert outcome.kind == "retry"
+        if outcome.kind == "statement":
+            assert status == 200, "a statement never comes with an error status"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -601,3 +548,21 @@ def test_expired_reference_says_to_rerun_sendrequest(sim: FlexSimulator, land: P
         sensor.execute(context={})
     SEEN.append(caught.value)
     assert [r.answer for r in sim.requests()] == ["1017"] and files_under(land) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Last: the token went nowhere
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_token_leaked_nowhere(sim: FlexSimulator) -> None:
+    """Every log record (urllib3, httpx and httpcore at DEBUG included), exception, result, event,
+    trigger kwargs and landed file of this module is free of the token."""
+    assert CAPTURE.messages, "the capture must have seen the suite's logs"
+    assert len(SEEN) > 100, "the module's results, events and errors were collected"
+    leaks = [m for m in CAPTURE.messages if TOKEN in m]
+    leaks += [repr(x) for x in SEEN if TOKEN in repr(x) or TOKEN in str(x)]
+    for folder in LANDING_DIRS:
+        leaks += [str(p) for p in Path(folder).rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+    REPORT["token leaks"] = len(leaks)
+    assert leaks == []

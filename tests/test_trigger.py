@@ -18,15 +18,9 @@ import pytest
 from airflow_provider_ibflex.simulator import FlexSimulator
 from airflow_provider_ibflex.simulator.process import request_log, simulator_process
 from airflow_provider_ibflex.triggers.ibflex import IBFlexStatementTrigger, jittered, next_interval
-from tests.conftest import new_token
+from tests.conftest import first_event, new_token
 
 MakeConn = Callable[..., str]
-
-
-async def first_event(trigger: IBFlexStatementTrigger) -> dict[str, Any]:
-    async for event in trigger.run():
-        return dict(event.payload)
-    raise AssertionError("no event")
 
 
 def rebuilt(trigger: IBFlexStatementTrigger) -> IBFlexStatementTrigger:

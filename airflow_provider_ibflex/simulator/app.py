@@ -588,7 +588,7 @@ def _route(path: str) -> tuple[str, bool]:
 
 def _gzip_sender(send: Send) -> Send:
     """Wrap an ASGI ``send`` so the answer goes out gzip-encoded, each piece flushed as it comes."""
-    compressor = zlib.compressobj(wbits=31)
+    compressor = zlib.compressobj(level=1, wbits=31)
 
     async def gzip_send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
