@@ -268,7 +268,7 @@ def test_redirects_are_refused_and_never_followed(sim: FlexSimulator, land: Path
     with FlexSimulator(SimulatorConfig(rate_limit=None), host="127.0.0.2") as elsewhere:
         sim.add_query("1")
         target = elsewhere.base_url + "/GetStatement"
-        sim.add_fault("redirect", step="send" if step == "send" else "get", url=target, times=None)
+        sim.add_fault("redirect", step="send" if step == "send" else "get", url=target)
         REPORT["faults injected"] += 1
         if step == "poll":
             event = run_trigger(sim.state.issue_reference(TOKEN, "1"))

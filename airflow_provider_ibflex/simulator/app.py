@@ -461,7 +461,7 @@ class FlexSimulatorApp:
         else:
             statement, fault = detail
             record.answer = "statement" if fault is None else f"fault:{fault.kind}"
-            await self._stream(send, statement, fault, record)
+            await self._stream(send, receive, statement, fault, record)
 
     def _get_url(self, path: str) -> str:
         base = self.state.config.url_base or self.state.base_url
@@ -517,7 +517,35 @@ class FlexSimulatorApp:
             await _respond(send, 200, body)
 
     async def _stream(
-        self, send: Send, statement: GeneratedStatement, fault: Fault | None, record: RequestRecord
+        self,
+        send: Send,
+        receive: Receive,
+        statement: GeneratedStatement,
+        fault: Fault | None,
+        record: RequestRecord,
+    ) -> None:
+        # A client that hangs up (a trigger that read the head, a killed worker) ends the stream:
+        # the server's sends to it would otherwise return at once and hold the loop for the rest.
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self._send_statement(send, gone, statement, fault, record)
+        finally:
+            watcher.cancel()
+
+    async def _send_statement(
+        self,
+        send: Send,
+        gone: asyncio.Event,
+        statement: GeneratedStatement,
+        fault: Fault | None,
+        record: RequestRecord,
     ) -> None:
         kind = fault.kind if fault else None
         declared = statement.size + (1000 if kind == "short" else 0)
@@ -548,6 +576,9 @@ class FlexSimulatorApp:
                     await asyncio.sleep(fault.seconds)
             else:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await asyncio.sleep(0)  # let other connections (and the disconnect) through
+            if gone.is_set():
+                return
             if digest:
                 digest.update(chunk)
             sent += len(chunk)
