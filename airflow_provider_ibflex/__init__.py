@@ -21,7 +21,8 @@ def _number_field(label: str, description: str, default: float) -> dict[str, Any
 
 def get_provider_info() -> dict[str, Any]:
     """Describe the provider to Airflow's ProvidersManager."""
-    from airflow_provider_ibflex.protocol import DEFAULT_BASE_URL
+    from airflow_provider_ibflex.protocol import DEFAULT_BASE_URL, DEFAULT_VERSION
+    from airflow_provider_ibflex.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 
     return {
         "package-name": "airflow-provider-ibflex",
@@ -105,7 +106,11 @@ def get_provider_info() -> dict[str, Any]:
                     "version": {
                         "label": "Flex Web Service version",
                         "description": "3 (recommended) or 2.",
-                        "schema": {"type": ["integer", "null"], "default": 3, "enum": [3, 2, None]},
+                        "schema": {
+                            "type": ["integer", "null"],
+                            "default": DEFAULT_VERSION,
+                            "enum": [3, 2, None],
+                        },
                     },
                     "user_agent": {
                         "label": "User-Agent",
@@ -113,10 +118,12 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["string", "null"]},
                     },
                     "connect_timeout": _number_field(
-                        "Connect timeout (s)", "Seconds to establish a connection.", 10
+                        "Connect timeout (s)", "Seconds to establish a connection.", DEFAULT_CONNECT_TIMEOUT
                     ),
                     "read_timeout": _number_field(
-                        "Read timeout (s)", "Seconds to wait for data on an open connection.", 60
+                        "Read timeout (s)",
+                        "Seconds to wait for data on an open connection.",
+                        DEFAULT_READ_TIMEOUT,
                     ),
                 },
             }

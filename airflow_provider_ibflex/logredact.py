@@ -1,15 +1,31 @@
-"""Keep the token out of HTTP libraries' own log lines.
+"""Keep the token out of every text: ``redact`` and a filter for HTTP libraries' own log lines.
 
-urllib3 logs each request line at DEBUG and httpx at INFO, both with the query string, where the Flex
-token travels. Airflow's masker covers task logs only once the token is registered; this filter also
-covers logs outside a task (the triggerer, tests, scripts) by redacting every ``t=`` parameter.
+The Flex token travels in the query string. ``redact`` removes it from URLs, messages and exceptions.
+urllib3 logs each request line at DEBUG and httpx at INFO, both with the query string; Airflow's
+masker covers task logs only once the token is registered, so the filter also covers logs outside a
+task (the triggerer, tests, scripts) by redacting every ``t=`` parameter.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
-from airflow_provider_ibflex.protocol import redact
+REDACTED = "***"
+_TOKEN_PARAM = re.compile(r"(?i)([?&;]t=)[^&#\s'\"<>]*")
+
+
+def redact(text: object, token: str | None = None) -> str:
+    """Remove the token from any text: ``t=``/``T=`` URL parameters and the token itself.
+
+    :param text: a URL, message or anything with a ``str()``.
+    :param token: the token, when known, to remove wherever it appears.
+    """
+    result = str(text)
+    if token:
+        result = result.replace(token, REDACTED)
+    return _TOKEN_PARAM.sub(lambda m: m.group(1) + REDACTED, result)
+
 
 # A logger's filters see only the records logged on that very logger, not its children's: every
 # logger that may print a URL or a header is named (httpcore logs response headers, a redirect's

@@ -22,7 +22,11 @@ from airflow_provider_ibflex.exceptions import IBFlexFatalError, IBFlexTransient
 from airflow_provider_ibflex.hooks.ibflex import IBFlexHook, StatementResult
 from airflow_provider_ibflex.protocol import FlexInputError, validate_reference_code
 from airflow_provider_ibflex.storage import resolve_destination
-from airflow_provider_ibflex.triggers.ibflex import IBFlexStatementTrigger
+from airflow_provider_ibflex.triggers.ibflex import (
+    DEFAULT_BACKOFF_FACTOR,
+    DEFAULT_MAX_POKE_INTERVAL,
+    IBFlexStatementTrigger,
+)
 
 # Airflow's own deferral timeout is set past the trigger's deadline, so the trigger's timeout event
 # (which honours soft_fail here) normally comes first.
@@ -49,8 +53,8 @@ class IBFlexStatementSensor(BaseSensorOperator):
     :param url: the GetStatement URL from the operator's ``statement_url`` XCom (templated); used only
         if it is on a trusted host.
     :param deferrable: wait in the triggerer instead of a worker slot.
-    :param backoff_factor: deferrable mode: each wait is the previous one times this factor (2) ...
-    :param max_poke_interval: ... up to this many seconds (120).
+    :param backoff_factor: deferrable mode: each wait is the previous one times this factor ...
+    :param max_poke_interval: ... up to this many seconds.
     """
 
     template_fields: Sequence[str] = ("reference_code", "destination", "url")
@@ -65,8 +69,8 @@ class IBFlexStatementSensor(BaseSensorOperator):
         destination_conn_id: str | None = None,
         url: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        backoff_factor: float = 2.0,
-        max_poke_interval: float = 120.0,
+        backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+        max_poke_interval: float = DEFAULT_MAX_POKE_INTERVAL,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)

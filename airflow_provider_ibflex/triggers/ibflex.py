@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 32
 # How far the jitter may move a wait, as a fraction of it.
 JITTER = 0.1
+# The polling schedule: the first wait, each next one times the factor, up to the cap (seconds).
+DEFAULT_POKE_INTERVAL = 10.0
+DEFAULT_BACKOFF_FACTOR = 2.0
+DEFAULT_MAX_POKE_INTERVAL = 120.0
 
 
 class _LoopResources:
@@ -202,9 +206,9 @@ class IBFlexStatementTrigger(BaseTrigger):
         deadline: float,
         ibflex_conn_id: str = "ibflex_default",
         url: str | None = None,
-        poke_interval: float = 10.0,
-        backoff_factor: float = 2.0,
-        max_poke_interval: float = 120.0,
+        poke_interval: float = DEFAULT_POKE_INTERVAL,
+        backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
+        max_poke_interval: float = DEFAULT_MAX_POKE_INTERVAL,
         initial_wait: float = 0.0,
         handoff: bool = False,
     ) -> None:
