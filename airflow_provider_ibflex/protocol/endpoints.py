@@ -80,17 +80,19 @@ def trusted_statement_url(returned_url: str | None, endpoints: Endpoints) -> str
     return endpoints.get_statement
 
 
+def _digits(value: object, requirement: str) -> str:
+    text = str(value).strip() if value is not None else ""
+    if not text.isdigit() or not text.isascii():
+        raise FlexInputError(f"{requirement}, got {value!r}")
+    return text
+
+
 def validate_query_id(query_id: object) -> str:
     """Return the query id as a string of digits, or raise naming the field.
 
     :param query_id: the Flex Query id (the number shown in Account Management).
     """
-    text = str(query_id).strip() if query_id is not None else ""
-    if not text.isdigit() or not text.isascii():
-        raise FlexInputError(
-            f"query_id must be the numeric Flex Query id shown in Account Management, got {query_id!r}"
-        )
-    return text
+    return _digits(query_id, "query_id must be the numeric Flex Query id shown in Account Management")
 
 
 def validate_reference_code(reference_code: object) -> str:
@@ -98,12 +100,7 @@ def validate_reference_code(reference_code: object) -> str:
 
     :param reference_code: the code SendRequest returned.
     """
-    text = str(reference_code).strip() if reference_code is not None else ""
-    if not text.isdigit() or not text.isascii():
-        raise FlexInputError(
-            f"reference_code must be the numeric code returned by SendRequest, got {reference_code!r}"
-        )
-    return text
+    return _digits(reference_code, "reference_code must be the numeric code returned by SendRequest")
 
 
 def validate_version(version: object) -> int:
