@@ -33,6 +33,7 @@ from airflow_provider_ibflex.protocol import (
 )
 from airflow_provider_ibflex.settings import FlexSettings, load_settings
 from airflow_provider_ibflex.storage import resolve_destination, write_statement
+from airflow_provider_ibflex.tls import certificate_outcome, is_certificate_error, requests_verify
 
 log = logging.getLogger(__name__)
 CHUNK_SIZE = 1024 * 1024
@@ -105,7 +106,7 @@ class IBFlexHook(BaseHook):
         if self._session is None:
             session = requests.Session()
             session.headers["User-Agent"] = self.settings.user_agent
-            session.verify = True
+            session.verify = requests_verify()
             self._session = session
         return self._session
 
@@ -158,8 +159,14 @@ class IBFlexHook(BaseHook):
                 stream=True,
                 # The token is in the query string: a redirect is refused, never followed.
                 allow_redirects=False,
+                # Given per request, or requests would prefer CURL_CA_BUNDLE to the session's bundle.
+                verify=self.session.verify,
                 timeout=(self.settings.connect_timeout, self.settings.read_timeout),
             )
+        except requests.exceptions.SSLError as exc:
+            if is_certificate_error(exc):
+                raise IBFlexFatalError(certificate_outcome(url)) from None
+            raise _Again(self.redact(f"{type(exc).__name__}: {exc}")) from None
         except requests.RequestException as exc:
             raise _Again(self.redact(f"{type(exc).__name__}: {exc}")) from None
 

@@ -50,13 +50,24 @@ class FlexSimulator:
     :param config: tokens, queries and limits; the demo configuration by default.
     :param port: the port, 0 for any free one.
     :param host: the address to listen on.
+    :param ssl_certfile: serve https with this certificate chain (PEM, with the key unless
+        ``ssl_keyfile`` is given); plain http by default.
+    :param ssl_keyfile: the certificate's private key (PEM).
     """
 
     def __init__(
-        self, config: SimulatorConfig | None = None, *, port: int = 0, host: str = "127.0.0.1"
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self.state = SimulatorState(config or demo_config())
         self.host = host
+        self.ssl_certfile = ssl_certfile
+        self.ssl_keyfile = ssl_keyfile
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
@@ -68,12 +79,13 @@ class FlexSimulator:
     @property
     def base_url(self) -> str:
         """The base URL a connection's ``host`` takes (``.../AccountManagement/FlexWebService``)."""
-        return f"http://{self.host}:{self.port}{CURRENT_PREFIX.rstrip('/')}"
+        scheme = "https" if self.ssl_certfile else "http"
+        return f"{scheme}://{self.host}:{self.port}{CURRENT_PREFIX.rstrip('/')}"
 
     @property
     def legacy_send_url(self) -> str:
         """The legacy servlet SendRequest URL on this simulator."""
-        return f"http://{self.host}:{self.port}{LEGACY_PREFIX}SendRequest"
+        return self.base_url.split("/AccountManagement")[0] + f"{LEGACY_PREFIX}SendRequest"
 
     @property
     def config(self) -> SimulatorConfig:
@@ -91,6 +103,8 @@ class FlexSimulator:
             timeout_graceful_shutdown=1,
             loop="asyncio",
             http="h11",
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="flex-simulator", daemon=True)

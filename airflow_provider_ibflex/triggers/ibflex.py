@@ -40,6 +40,7 @@ from airflow_provider_ibflex.protocol import (
     trusted_statement_url,
 )
 from airflow_provider_ibflex.settings import FlexSettings, load_settings
+from airflow_provider_ibflex.tls import certificate_outcome, httpx_verify, is_certificate_error
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class _LoopResources:
         self.client = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT),
             follow_redirects=False,
-            verify=True,
+            verify=httpx_verify(),
         )
         self.gate = asyncio.Semaphore(MAX_IN_FLIGHT)
         # Triggers of one token in this loop queue here, first come first served, so that only one of
@@ -156,7 +157,10 @@ async def poll_statement(
         try:
             outcome = await _read_head(resources.client, target, params, headers, timeout, settings)
         except httpx.HTTPError as exc:
-            outcome = Outcome("retry", redact(f"{type(exc).__name__}: {exc}", settings.token))
+            if is_certificate_error(exc):
+                outcome = certificate_outcome(target)
+            else:
+                outcome = Outcome("retry", redact(f"{type(exc).__name__}: {exc}", settings.token))
     if outcome.kind == "throttled":
         await asyncio.get_running_loop().run_in_executor(None, budget.throttled)
     return outcome
