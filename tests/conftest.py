@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 
 from airflow_provider_ibflex.simulator import FlexSimulator  # noqa: E402
 
-pytest_plugins = ["airflow_provider_ibflex.simulator.pytest_plugin"]
+pytest_plugins = ["airflow_provider_ibflex.simulator.pytest_plugin", "tests.faults"]
 
 # Extras that keep tests fast: no pacing, short waits; tests of pacing and throttling set their own.
 FAST_EXTRAS: dict[str, Any] = {
@@ -97,15 +97,20 @@ def no_token_leak(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[str, A
     yield check
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the reliability suite's counts when it ran."""
-    import sys
+def pytest_collection_modifyitems(items: list[Any]) -> None:
+    """The token-leak check runs after every other test, whatever the order of the files."""
+    last = [item for item in items if item.nodeid.startswith("tests/test_token_leaks.py")]
+    items[:] = [item for item in items if item not in last] + last
 
-    module = sys.modules.get("tests.test_reliability")
-    if module is None or not module.REPORT["faults injected"]:
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the fault suite's counts when it ran."""
+    from tests.faults import REPORT
+
+    if not REPORT["faults injected"]:
         return
     terminalreporter.section("reliability")
-    for name, count in module.REPORT.items():
+    for name, count in REPORT.items():
         terminalreporter.write_line(f"{name}: {count}")
 
 

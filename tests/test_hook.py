@@ -248,20 +248,6 @@ class TestDownload:
         assert hook.download_statement(ref.reference_code, str(out_dir / "x.xml")).state == "pending"
         assert hook.download_statement(ref.reference_code, str(out_dir / "x.xml")).landed
 
-    @pytest.mark.parametrize("kind", ["reset", "short", "truncated"])
-    def test_broken_bodies_leave_nothing_and_are_retried(
-        self, hook: IBFlexHook, flex_simulator: FlexSimulator, out_dir: Path, kind: str
-    ) -> None:
-        flex_simulator.add_query("1", size=3_000_000)
-        ref = hook.send_request("1")
-        flex_simulator.add_fault(kind, after_bytes=1_000_000)
-        result = hook.download_statement(ref.reference_code, str(out_dir / "s.xml"))
-        assert result.landed and result.metadata
-        answers = [r.answer for r in flex_simulator.requests("get")]
-        assert answers == [f"fault:{kind}", "statement"]
-        assert files_under(out_dir) == ["s.xml"]
-        assert result.metadata["sha256"] == flex_simulator.statement("1").sha256()
-
     def test_always_truncated_fails_transiently_and_leaves_nothing(
         self, hook: IBFlexHook, flex_simulator: FlexSimulator, out_dir: Path
     ) -> None:
@@ -309,19 +295,6 @@ class TestDownload:
         flex_simulator.add_fault("trickle", seconds=0.01)
         assert hook.download_statement(ref.reference_code, str(out_dir / "s.xml")).landed
 
-    def test_foreign_url_never_receives_the_token(
-        self, hook: IBFlexHook, flex_simulator: FlexSimulator, out_dir: Path, token: str
-    ) -> None:
-        from airflow_provider_ibflex.simulator import SimulatorConfig
-
-        with FlexSimulator(SimulatorConfig(rate_limit=None), host="127.0.0.2") as elsewhere:
-            flex_simulator.add_query("1")
-            flex_simulator.add_fault("foreign_url", step="send", url=elsewhere.base_url + "/GetStatement")
-            ref = hook.send_request("1")
-            assert ref.url == flex_simulator.base_url + "/GetStatement"
-            assert hook.download_statement(ref.reference_code, str(out_dir / "s.xml"), url=ref.url).landed
-            assert elsewhere.requests() == []
-
     @pytest.mark.parametrize(
         ("destination", "match"),
         [("nosuchscheme://bucket/x.xml", "scheme"), ("file:///tmp/folder/", "folder"), ("", "destination")],
@@ -332,17 +305,6 @@ class TestDownload:
         with pytest.raises(FlexInputError, match=match):
             hook.download_statement("123", destination)
         assert flex_simulator.requests() == []
-
-    def test_unwritable_destination_fails_clearly_and_leaves_nothing(
-        self, hook: IBFlexHook, flex_simulator: FlexSimulator, tmp_path: Path
-    ) -> None:
-        blocker = tmp_path / "blocker"
-        blocker.write_text("a file where a folder should be")
-        flex_simulator.add_query("1")
-        ref = hook.send_request("1")
-        with pytest.raises(OSError):
-            hook.download_statement(ref.reference_code, str(blocker / "sub" / "s.xml"))
-        assert files_under(tmp_path) == ["blocker"]
 
 
 class TestPacingAgainstRealLimits:

@@ -11,9 +11,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from airflow_provider_ibflex.simulator import FlexSimulator
 from airflow_provider_ibflex.simulator.process import request_log, simulator_process
@@ -100,22 +97,6 @@ def test_reads_only_the_head_of_a_statement(
     assert flex_simulator.requests("get")[-1].sha256 is None, "the trigger must not read the whole body"
 
 
-@pytest.mark.parametrize(
-    ("code", "words"), [(1012, "new token"), (1017, "SendRequest again"), (1025, "lock")]
-)
-def test_fatal_codes_end_in_one_error_event(
-    make_conn: MakeConn, token: str, flex_simulator: FlexSimulator, code: int, words: str
-) -> None:
-    flex_simulator.add_query("1", generation_polls=100)
-    flex_simulator.add_fault("error", code=code, skip=1, status="Warn")
-    ref = flex_simulator.state.issue_reference(token, "1")
-    trigger = IBFlexStatementTrigger(ref, time.time() + 30, make_conn(token), poke_interval=0.05)
-    event = asyncio.run(first_event(trigger))
-    assert event["status"] == "error" and event["code"] == code and words in event["message"]
-    assert len(flex_simulator.requests("get")) == 2
-    assert token not in json.dumps(event)
-
-
 def test_transient_faults_are_waited_out(
     make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
 ) -> None:
@@ -143,25 +124,6 @@ def test_timeout_at_the_absolute_deadline(
     )
     assert event["status"] == "timeout"
     assert abs(time.time() - deadline) < 0.5
-
-
-def test_rebuilt_mid_way_keeps_the_original_deadline(
-    make_conn: MakeConn, token: str, flex_simulator: FlexSimulator
-) -> None:
-    flex_simulator.add_query("1", generation_polls=10_000)
-    ref = flex_simulator.state.issue_reference(token, "1")
-    deadline = time.time() + 1.5
-    original = IBFlexStatementTrigger(ref, deadline, make_conn(token), poke_interval=0.1)
-
-    async def restart_mid_way() -> dict[str, Any]:
-        task = asyncio.ensure_future(first_event(original))
-        await asyncio.sleep(0.7)
-        task.cancel()  # the triggerer dies
-        return await first_event(rebuilt(original))
-
-    event = asyncio.run(restart_mid_way())
-    assert event["status"] == "timeout" and event["deadline"] == deadline
-    assert time.time() - deadline < 0.5
 
 
 def test_missing_connection_is_an_error_event() -> None:
