@@ -113,3 +113,21 @@ def run_trigger(reference: str, version: int = 3, deadline: float = 30, **kwargs
     event = asyncio.run(first_event(trigger))
     SEEN.append(event)
     return event
+
+
+def waited_out(sim: FlexSimulator, land: Path, step: str) -> None:
+    """A one-off fault at ``step`` costs one more try and nothing else: SendRequest succeeds on its
+    second request, the trigger reports ready, or the download lands intact.
+
+    :param sim: the module's simulator, with query ``1`` and the fault scripted.
+    :param land: the landing folder.
+    :param step: ``send``, ``poll`` or ``download``.
+    """
+    if step == "send":
+        SEEN.append(hook().send_request("1"))
+        assert len(sim.requests("send")) == 2
+    elif step == "poll":
+        assert run_trigger(sim.state.issue_reference(TOKEN, "1"))["status"] == "ready"
+    else:
+        dest = land / "s.xml"
+        landed_intact(hook().download_statement(sim.state.issue_reference(TOKEN, "1"), str(dest)), dest, sim)

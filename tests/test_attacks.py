@@ -17,7 +17,7 @@ from airflow_provider_ibflex.protocol import (
 )
 from airflow_provider_ibflex.simulator import FlexSimulator
 from tests.conftest import new_token
-from tests.faults import CAPTURE, REPORT, SEEN, TOKEN, hook, landed_intact, run_trigger
+from tests.faults import CAPTURE, REPORT, hook, landed_intact, run_trigger, waited_out
 
 
 def test_external_entities_never_read_local_files(sim: FlexSimulator, land: Path, tmp_path: Path) -> None:
@@ -46,14 +46,7 @@ def test_envelopes_with_a_dtd_are_refused_as_such_and_waited_out(
     sim.add_fault(kind, step="send" if step == "send" else "get")
     REPORT["faults injected"] += 1
     logged = len(CAPTURE.messages)
-    if step == "send":
-        SEEN.append(hook().send_request("1"))
-        assert len(sim.requests("send")) == 2
-    elif step == "poll":
-        assert run_trigger(sim.state.issue_reference(TOKEN, "1"))["status"] == "ready"
-    else:
-        dest = land / "s.xml"
-        landed_intact(hook().download_statement(sim.state.issue_reference(TOKEN, "1"), str(dest)), dest, sim)
+    waited_out(sim, land, step)
     if step != "poll":  # the Hook logs why it tried again (the trigger logs through Airflow's structlog)
         assert any("declares a DTD" in message for message in CAPTURE.messages[logged:]), "refused as a DTD"
 

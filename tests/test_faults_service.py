@@ -13,7 +13,7 @@ from airflow_provider_ibflex.protocol import (
 )
 from airflow_provider_ibflex.simulator import FlexSimulator
 from tests.conftest import files_under
-from tests.faults import REPORT, SEEN, TOKEN, hook, landed_intact, run_trigger
+from tests.faults import REPORT, SEEN, TOKEN, hook, landed_intact, run_trigger, waited_out
 
 VARIANTS = [(3, "Fail"), (3, "Warn"), (2, "Fail")]  # v2 envelopes have no Status
 
@@ -73,14 +73,7 @@ def test_broken_answers_are_waited_out(sim: FlexSimulator, land: Path, kind: str
     sim.add_query("1", size=30_000)
     sim.add_fault(kind, step="send" if step == "send" else "get", seconds=5)
     REPORT["faults injected"] += 1
-    if step == "send":
-        SEEN.append(hook().send_request("1"))
-        assert len(sim.requests("send")) == 2
-    elif step == "poll":
-        assert run_trigger(sim.state.issue_reference(TOKEN, "1"))["status"] == "ready"
-    else:
-        dest = land / "s.xml"
-        landed_intact(hook().download_statement(sim.state.issue_reference(TOKEN, "1"), str(dest)), dest, sim)
+    waited_out(sim, land, step)
 
 
 def test_throttling_storm_then_recovery(sim: FlexSimulator, land: Path) -> None:
