@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-rate-limit", action="store_true", help="do not enforce 1 request/s, 10/min")
     parser.add_argument("--time-scale", type=float, help="divide generation times by this factor")
+    parser.add_argument("--compress", action="store_true", help="gzip every answer a client accepts gzipped")
     parser.add_argument(
         "--ready-file", type=Path, help="write the base URL, token and query ids here as JSON"
     )
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         config.rate_limit = None
     if args.time_scale:
         config.time_scale = args.time_scale
+    if args.compress:
+        config.compress = True
     simulator = FlexSimulator(config, port=args.port).start()
     token = DEMO_TOKEN if DEMO_TOKEN in config.tokens else next(iter(config.tokens), "")
     info = {
