@@ -119,6 +119,10 @@ class TokenBudget:
             self.throttle_wait,
         )
 
+    async def athrottled(self) -> None:
+        """``throttled`` for the event loop (the store is called in a thread)."""
+        await _in_thread(self.throttled)
+
     # -- waiting for a turn -------------------------------------------------------------------------
 
     def _pause(self, grant: Grant, waited: float, max_wait: float | None) -> float:

@@ -162,7 +162,7 @@ async def poll_statement(
             else:
                 outcome = Outcome("retry", redact(f"{type(exc).__name__}: {exc}", settings.token))
     if outcome.kind == "throttled":
-        await asyncio.get_running_loop().run_in_executor(None, budget.throttled)
+        await budget.athrottled()
     return outcome
 
 
