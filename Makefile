@@ -47,10 +47,8 @@ typecheck: $(STAMP)
 
 test: $(STAMP) anchors packages lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
-	# Once more with every simulator answer gzip-encoded, as a compressing service or proxy sends it
-	# (the real-Airflow system test and the benchmark smoke run once, above).
-	IBFLEX_SIMULATOR_COMPRESS=1 $(BIN)/python -m pytest -q -p no:cacheprovider \
-	  --ignore=tests/test_system.py --ignore=tests/test_benchmarks.py
+	# Once more with every simulator answer gzip-encoded, as a compressing service or proxy sends it.
+	IBFLEX_SIMULATOR_COMPRESS=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
