@@ -67,10 +67,10 @@ def get_provider_info() -> dict[str, Any]:
                 "triggerer that uses a token takes its turns from one shared budget.",
                 "options": {
                     "rate_limit_conn_id": {
-                        "description": "A 'redis' connection: the budget is kept in Redis, shared by every "
-                        "process on every machine that reaches it. Use it when workers or triggerers run "
-                        "on more than one machine (CeleryExecutor, KubernetesExecutor). Empty: the file "
-                        "store below.",
+                        "description": "A 'redis' or 'postgres' connection: the budget is kept in Redis "
+                        "or in a PostgreSQL table, shared by every process on every machine that reaches "
+                        "it. Use it when workers or triggerers run on more than one machine "
+                        "(CeleryExecutor, KubernetesExecutor). Empty: the file store below.",
                         "version_added": "0.1.0",
                         "type": "string",
                         "example": "redis_default",

@@ -115,6 +115,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL on 127.0.0.1 (Debian's package; ``make test`` installs it)."""
+    from tests.services import postgres_server
+
+    with postgres_server("budgets") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A private redis-server on 127.0.0.1 (Debian's package; ``make test`` installs it)."""
     from tests.services import redis_server

@@ -28,7 +28,12 @@ from airflow_provider_ibflex.pacing.budget import (
     token_key,
     try_acquire,
 )
-from airflow_provider_ibflex.pacing.stores import FileBudgetStore, RedisBudgetStore, store_from_config
+from airflow_provider_ibflex.pacing.stores import (
+    FileBudgetStore,
+    RedisBudgetStore,
+    SqlBudgetStore,
+    store_from_config,
+)
 from airflow_provider_ibflex.settings import settings_from_connection
 from airflow_provider_ibflex.simulator import FlexSimulator, SimulatorConfig
 from tests.conftest import new_token
@@ -201,16 +206,16 @@ STORE_WORKER = textwrap.dedent(
 STORE_LIMITS = Limits(min_interval=0.05, per_window=4, window=0.6)
 
 
-@pytest.fixture(params=["file", "redis"])
+@pytest.fixture(params=["file", "redis", "postgres"])
 def store_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment that points a process at one store, as ``[ibflex]`` settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__IBFLEX__")}
     if request.param == "file":
         env["AIRFLOW__IBFLEX__RATE_LIMIT_FOLDER"] = str(tmp_path / "budgets")
     else:
-        url = request.getfixturevalue("redis_url")
-        env["AIRFLOW_CONN_BUDGET_REDIS"] = url
-        env["AIRFLOW__IBFLEX__RATE_LIMIT_CONN_ID"] = "budget_redis"
+        url = request.getfixturevalue(f"{request.param}_url").replace("+psycopg2", "")
+        env["AIRFLOW_CONN_BUDGET_STORE"] = url
+        env["AIRFLOW__IBFLEX__RATE_LIMIT_CONN_ID"] = "budget_store"
     yield env
 
 
@@ -251,7 +256,7 @@ def test_processes_without_a_shared_store_would_collide(tmp_path: Path) -> None:
         assert_within_limits(turns, STORE_LIMITS)
 
 
-def test_redis_store_uses_the_connection_and_refuses_other_types(redis_url: str) -> None:
+def test_stores_come_from_the_connection_and_refuse_other_types(redis_url: str, postgres_url: str) -> None:
     from airflow.sdk import Connection
 
     redis_conn = Connection.from_json(
@@ -267,10 +272,22 @@ def test_redis_store_uses_the_connection_and_refuses_other_types(redis_url: str)
     store = store_from_config("r", "", lambda _: redis_conn)
     assert isinstance(store, RedisBudgetStore)
     assert store.update("k" + new_token(), lambda state, now: (state, now)) > 1e9  # Redis's clock
-    other = Connection(conn_id="pg", conn_type="postgres")
-    with pytest.raises(ValueError, match="must be a 'redis' connection"):
-        store_from_config("pg", "", lambda _: other)
+    other = Connection(conn_id="my", conn_type="mysql")
+    with pytest.raises(ValueError, match="must be a 'redis' or 'postgres' connection"):
+        store_from_config("my", "", lambda _: other)
     assert isinstance(store_from_config("", "/tmp/x", lambda _: other), FileBudgetStore)
+    pg = Connection.from_json(json.dumps({"conn_type": "postgres", **_parts(postgres_url)}), conn_id="pg")
+    sql = store_from_config("pg", "", lambda _: pg)
+    assert isinstance(sql, SqlBudgetStore)
+    assert sql.update("k" + new_token(), lambda state, now: (state, now)) > 1e9  # PostgreSQL's clock
+    assert "ibflex_token_budget" in repr(sql) and "@" in repr(sql)
+
+
+def _parts(url: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return {"host": parsed.host, "port": parsed.port, "login": parsed.username, "schema": parsed.database}
 
 
 def test_budget_busy_and_tight_take_nothing(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ window's allowance, whichever process asks. After a 1018, ``budget.throttled()``
 for every process. The arithmetic is ``pacing.budget`` (pure); the state lives in a store shared by all
 processes (``pacing.stores``), chosen by Airflow's configuration:
 
-- ``[ibflex] rate_limit_conn_id``: a ``redis`` connection, for a budget shared across machines;
+- ``[ibflex] rate_limit_conn_id``: a ``redis`` or ``postgres`` connection, for a budget shared across
+  machines;
 - ``[ibflex] rate_limit_folder``: the file store's folder when no connection is set (default
   ``$AIRFLOW_HOME/ibflex/rate-limits``, shared by every process on one machine).
 """

@@ -6,6 +6,9 @@ A store runs one change of a token's ``BudgetState`` atomically, on its own cloc
   process on one machine that shares the folder (``$AIRFLOW_HOME`` by default) shares the budget.
 - ``RedisBudgetStore``: a key per token in Redis, changed in an optimistic ``WATCH``/``MULTI``
   transaction on Redis's clock. Every process on every machine that reaches the server shares it.
+- ``SqlBudgetStore``: a row per token in a PostgreSQL database, changed in a transaction that locks
+  the row (``SELECT ... FOR UPDATE``) on the database's clock. Every process on every machine that
+  reaches the database shares it; a deployment without Redis already runs one.
 
 Which one a process uses comes from Airflow's configuration, section ``[ibflex]`` (see
 ``store_from_config``).
@@ -13,6 +16,7 @@ Which one a process uses comes from Airflow's configuration, section ``[ibflex]`
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -108,6 +112,87 @@ class RedisBudgetStore:
                     continue  # another process changed the token's state first: decide again on the new one
 
 
+SQL_TABLE = "ibflex_token_budget"
+
+
+class SqlBudgetStore:
+    """Budgets in PostgreSQL through SQLAlchemy: any number of processes on any number of machines.
+
+    :param engine: a SQLAlchemy engine for a PostgreSQL database the deployment can write to.
+    :param table: the table's name (created on first use).
+    """
+
+    def __init__(self, engine: Any, table: str = SQL_TABLE) -> None:
+        import sqlalchemy as sa
+
+        self.engine = engine
+        self.table = sa.Table(
+            table,
+            sa.MetaData(),
+            sa.Column("token_key", sa.String(64), primary_key=True),
+            sa.Column("state", sa.Text, nullable=False),
+        )
+        self._ready = False
+
+    def __repr__(self) -> str:
+        return (
+            f"SqlBudgetStore({self.engine.url.render_as_string(hide_password=True)!r}, {self.table.name!r})"
+        )
+
+    def _create_table(self) -> None:
+        import sqlalchemy as sa
+
+        try:
+            self.table.create(self.engine, checkfirst=True)
+        except sa.exc.SQLAlchemyError:
+            # Another process created it in the same instant: fine if it is there now.
+            if not sa.inspect(self.engine).has_table(self.table.name):
+                raise
+        self._ready = True
+
+    def update(self, key: str, change: Change[T]) -> T:
+        import sqlalchemy as sa
+
+        if not self._ready:
+            self._create_table()
+        with self.engine.begin() as connection:
+            locked = sa.select(self.table.c.state).where(self.table.c.token_key == key).with_for_update()
+            raw = connection.execute(locked).scalar_one_or_none()
+            if raw is None:
+                # First use of the token: create its row; a racing process's row wins and is locked.
+                with contextlib.suppress(sa.exc.IntegrityError), connection.begin_nested():
+                    connection.execute(sa.insert(self.table).values(token_key=key, state=""))
+                raw = connection.execute(locked).scalar_one()
+            now = float(
+                connection.execute(sa.text("SELECT extract(epoch from clock_timestamp())")).scalar_one()
+            )
+            old = BudgetState.from_json(raw)
+            new, result = change(old, now)
+            if new != old:
+                update = sa.update(self.table).where(self.table.c.token_key == key)
+                connection.execute(update.values(state=new.to_json()))
+            return result
+
+
+def sql_engine_from_connection(conn: Any) -> Any:
+    """A SQLAlchemy engine from an Airflow connection of type ``postgres``.
+
+    :param conn: the connection: ``host``, ``port``, ``login``, ``password`` and ``schema`` (the
+        database).
+    """
+    import sqlalchemy as sa
+
+    url = sa.URL.create(
+        "postgresql+psycopg2",
+        username=conn.login or None,
+        password=conn.password or None,
+        host=conn.host or "localhost",
+        port=int(conn.port) if conn.port else None,
+        database=conn.schema or None,
+    )
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
 def redis_client_from_connection(conn: Any) -> Any:
     """A Redis client from an Airflow connection of type ``redis``.
 
@@ -143,17 +228,19 @@ def default_folder() -> Path:
 def store_from_config(conn_id: str, folder: str, get_connection: Callable[[str], Any]) -> BudgetStore:
     """The store Airflow's configuration names.
 
-    :param conn_id: ``[ibflex] rate_limit_conn_id``: a ``redis`` connection for a budget shared across
-        machines; empty for the file store.
+    :param conn_id: ``[ibflex] rate_limit_conn_id``: a ``redis`` or ``postgres`` connection for a
+        budget shared across machines; empty for the file store.
     :param folder: ``[ibflex] rate_limit_folder``: the file store's folder; empty for the default.
     :param get_connection: how to load a connection (``BaseHook.get_connection``).
     """
     if conn_id.strip():
         conn = get_connection(conn_id.strip())
-        if conn.conn_type != "redis":
-            raise ValueError(
-                f"[{SECTION}] rate_limit_conn_id {conn_id!r} is a {conn.conn_type!r} connection; "
-                "it must be a 'redis' connection (or leave it empty for the file store on one machine)"
-            )
-        return RedisBudgetStore(redis_client_from_connection(conn))
+        if conn.conn_type == "redis":
+            return RedisBudgetStore(redis_client_from_connection(conn))
+        if conn.conn_type in ("postgres", "postgresql"):
+            return SqlBudgetStore(sql_engine_from_connection(conn))
+        raise ValueError(
+            f"[{SECTION}] rate_limit_conn_id {conn_id!r} is a {conn.conn_type!r} connection; it must be "
+            "a 'redis' or 'postgres' connection (or leave it empty for the file store on one machine)"
+        )
     return FileBudgetStore(folder.strip() or default_folder())
