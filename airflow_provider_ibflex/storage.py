@@ -131,7 +131,10 @@ def _report_lineage(target: ObjectStoragePath) -> None:
         from airflow.sdk.lineage import get_hook_lineage_collector
     except ImportError:  # pragma: no cover - lineage is optional
         return
-    get_hook_lineage_collector().add_output_asset(context=target, uri=str(target))
+    try:
+        get_hook_lineage_collector().add_output_asset(context=target, uri=str(target))
+    except Exception:  # lineage is a report: the landed statement must not fail because of it
+        log.warning("Could not report lineage for %s", target, exc_info=True)
 
 
 class BackgroundSha256:
