@@ -1,32 +1,25 @@
 """Atomic, streaming writes of a statement into Airflow object storage (file, s3, gcs, ...).
 
 The statement goes chunk by chunk to storage while its size and sha256 are computed; only a complete
-statement becomes visible under the destination name: object stores publish an upload only when it
-completes (and it is aborted on failure), other filesystems get a hidden temporary file that is
-renamed into place. On any failure nothing appears at the destination.
+statement becomes visible under the destination name (``atomic``): on any failure nothing appears at
+the destination.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import queue
 import threading
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
+from airflow_provider_ibflex.atomic import atomic_open
 from airflow_provider_ibflex.protocol import BodyKind, FlexInputError, StatementDigest
 
 log = logging.getLogger(__name__)
-_LOCAL_PROTOCOLS = ("", "file", "local")
-# Stores where an object exists only once its upload completes: written directly, aborted on failure.
-ATOMIC_ON_CLOSE = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
-# Upload part size for object stores (S3's minimum part is 5 MiB); bounds what a store buffers.
-WRITE_BLOCK_SIZE = 8 * 1024 * 1024
 
 
 def resolve_destination(
@@ -63,59 +56,31 @@ def resolve_destination(
     return path
 
 
-def temporary_sibling(target: ObjectStoragePath) -> ObjectStoragePath:
-    """A hidden, unique name beside the target for the statement while it is written.
-
-    :param target: the destination.
-    """
-    return target.parent / f".{target.name}.{uuid.uuid4().hex}.part"
-
-
 def write_statement(
     target: ObjectStoragePath, kind: BodyKind, chunks: Iterable[bytes], reference_code: str
 ) -> dict[str, Any]:
-    """Stream a statement into ``target`` atomically and return its metadata.
-
-    Object stores that create an object only when its upload completes (S3, GCS, Azure) are written
-    directly, and the upload is aborted on failure; other filesystems get a hidden temporary file
-    beside the target, renamed into place once the statement is whole.
+    """Stream a statement into ``target`` atomically (see ``atomic.atomic_open``) and return its
+    metadata.
 
     :param target: the destination (see ``resolve_destination``).
     :param kind: the statement's kind (XML or text).
     :param chunks: the statement's bytes, in order (the head first).
     :param reference_code: the reference code it was fetched with.
     """
-    direct = target.protocol in ATOMIC_ON_CLOSE
-    if target.protocol in _LOCAL_PROTOCOLS:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    written = target if direct else temporary_sibling(target)
     sha = BackgroundSha256()
     digest = StatementDigest(kind, sha)
-    # The filesystem's own file, not ObjectStoragePath.open()'s wrapper: abandoning an upload must
-    # reach the file itself, and lineage is reported once for the landed statement, not per chunk.
-    handle = written.fs.open(written.path, "wb", block_size=WRITE_BLOCK_SIZE)
     try:
-        for chunk in chunks:
-            if chunk:
-                handle.write(chunk)
-                digest.update(chunk)
-        digest.check_complete()
-    except BaseException:
-        sha.close()
-        _abandon(handle, None if direct else written)
-        raise
-    try:
-        handle.close()
-        if not direct:
-            target.fs.mv(written.path, target.path)
-    except BaseException:
-        # A close that failed half-way (the store went away during the last part) leaves the file
-        # open: abandon it now, or the garbage collector would try to commit it again later.
-        _abandon(handle, None if direct else written)
-        raise
+        # The filesystem's own file, not ObjectStoragePath.open()'s wrapper: abandoning an upload must
+        # reach the file itself, and lineage is reported once for the landed statement, not per chunk.
+        with atomic_open(target.fs, target.path) as handle:
+            for chunk in chunks:
+                if chunk:
+                    handle.write(chunk)
+                    digest.update(chunk)
+            digest.check_complete()
     finally:
         sha.close()
-    _report_lineage(target)
+    report_lineage(target)
     return {
         "uri": str(target),
         "size": digest.size,
@@ -125,8 +90,11 @@ def write_statement(
     }
 
 
-def _report_lineage(target: ObjectStoragePath) -> None:
-    """Tell Airflow's hook lineage the statement was written, as ObjectStoragePath's own files do."""
+def report_lineage(target: ObjectStoragePath) -> None:
+    """Tell Airflow's hook lineage a file was written, as ObjectStoragePath's own files do.
+
+    :param target: the file written.
+    """
     try:
         from airflow.sdk.lineage import get_hook_lineage_collector
     except ImportError:  # pragma: no cover - lineage is optional
@@ -163,26 +131,3 @@ class BackgroundSha256:
     def hexdigest(self) -> str:
         self.close()
         return self._sha.hexdigest()
-
-
-def _abandon(handle: Any, tmp: ObjectStoragePath | None) -> None:
-    # fsspec files commit what they hold on close(): a direct upload is discarded (s3fs aborts the
-    # multipart upload) and marked closed, so that neither we nor the file's __del__ ever commit it.
-    discard = getattr(handle, "discard", None)
-    with contextlib.suppress(Exception):
-        if callable(discard):
-            discard()
-    if tmp is None:
-        with contextlib.suppress(Exception):
-            handle.closed = True
-        return
-    with contextlib.suppress(Exception):
-        handle.close()
-    _remove(tmp)
-
-
-def _remove(tmp: ObjectStoragePath) -> None:
-    try:
-        tmp.unlink(missing_ok=True)
-    except Exception:  # the original error matters more than a failed clean-up
-        log.warning("Could not remove the temporary object %s", tmp)

@@ -160,8 +160,7 @@ class FlexSimulator:
 
     def statement(self, query_id: str) -> GeneratedStatement:
         """The statement a query generates (to compare sizes and digests)."""
-        spec = self.state.config.queries[query_id]
-        return GeneratedStatement(StatementShape(spec.format, spec.size, spec.account, spec.name))
+        return GeneratedStatement(self.state.config.queries[query_id].shape())
 
     def connection_uri_json(self, token: str, **extra: Any) -> str:
         """The ``AIRFLOW_CONN_<ID>`` JSON for a connection to this simulator."""

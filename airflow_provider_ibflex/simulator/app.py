@@ -82,6 +82,8 @@ class QuerySpec:
     :param generation_polls: GetStatement calls answered 1019 before the statement is ready.
     :param account: the account id in the statement.
     :param name: the query's name.
+    :param content: ``basic`` or ``full``; the remaining fields shape a ``full`` statement (see
+        ``StatementShape``).
     """
 
     format: Literal["xml", "csv"] = "xml"
@@ -90,6 +92,33 @@ class QuerySpec:
     generation_polls: int = 0
     account: str = "U1234567"
     name: str = "Daily trades"
+    content: Literal["basic", "full"] = "basic"
+    accounts: int = 1
+    date_format: str = "yyyyMMdd"
+    time_format: str = "HHmmss"
+    date_time_separator: str = ";"
+    csv_layout: Literal["plain", "sections", "descriptors"] = "sections"
+    extras: bool = True
+
+    def shape(self, truncated: bool = False) -> StatementShape:
+        """The shape of the statement this query generates.
+
+        :param truncated: whether it is cut short (a fault).
+        """
+        return StatementShape(
+            self.format,
+            self.size,
+            self.account,
+            self.name,
+            truncated,
+            self.content,
+            self.accounts,
+            self.date_format,
+            self.time_format,
+            self.date_time_separator,
+            self.csv_layout,
+            self.extras,
+        )
 
 
 @dataclass
@@ -390,9 +419,7 @@ class SimulatorState:
         waited = (now - reference.created) * self.config.time_scale
         if reference.polls <= query.generation_polls or waited < query.generation_seconds:
             return "error", 1019
-        shape = StatementShape(query.format, query.size, query.account, query.name)
-        if fault is not None and fault.kind == "truncated":
-            shape = StatementShape(query.format, query.size, query.account, query.name, truncated=True)
+        shape = query.shape(truncated=fault is not None and fault.kind == "truncated")
         return "statement", (GeneratedStatement(shape), fault)
 
 

@@ -10,6 +10,9 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from airflow_provider_ibflex.simulator import fullstatement
+from airflow_provider_ibflex.simulator.fullstatement import Dates
+
 _SYMBOLS = (b"AAPL", b"MSFT", b"NVDA", b"AMZN", b"GOOG", b"TSLA", b"ASML", b"SAP_")
 _ROWS_PER_BLOCK = 2048
 _BLOCK_MARK = b"@@@@@@"  # replaced by the block number, keeping every row the same width
@@ -24,6 +27,16 @@ class StatementShape:
     :param account: the account id in the statement.
     :param query_name: the Flex Query's name.
     :param truncated: drop the closing ``</FlexQueryResponse>`` (a fault).
+    :param content: ``basic`` (one account, a few sections, plain CSV) or ``full`` (see
+        ``fullstatement``: several accounts, the common sections, sectioned CSV).
+    :param accounts: accounts in a ``full`` statement (``account`` is ignored there).
+    :param date_format: how a ``full`` statement writes dates (``fullstatement.DATE_FORMATS``).
+    :param time_format: how it writes times (``fullstatement.TIME_FORMATS``).
+    :param date_time_separator: between date and time (``;``, ``,``, space or nothing).
+    :param csv_layout: a ``full`` CSV's layout: ``plain``, ``sections`` (header and trailer
+        records) or ``descriptors`` (those, and a section code on every line).
+    :param extras: in a ``full`` statement, what no parser knows yet: an unknown section and
+        attribute, a ``MULTI`` date, a thousands separator.
     """
 
     format: str = "xml"
@@ -31,6 +44,13 @@ class StatementShape:
     account: str = "U1234567"
     query_name: str = "Daily trades"
     truncated: bool = False
+    content: str = "basic"
+    accounts: int = 1
+    date_format: str = "yyyyMMdd"
+    time_format: str = "HHmmss"
+    date_time_separator: str = ";"
+    csv_layout: str = "sections"
+    extras: bool = True
 
 
 def _xml_row(index: int, account: bytes) -> bytes:
@@ -109,13 +129,25 @@ class GeneratedStatement:
 
     def __init__(self, shape: StatementShape) -> None:
         self.shape = shape
-        account = shape.account.encode()
-        row = _csv_row if shape.format == "csv" else _xml_row
-        self._head, self._tail = _csv_frame() if shape.format == "csv" else _xml_frame(shape)
-        self._block = b"".join(row(i, account) for i in range(_ROWS_PER_BLOCK))
-        self._row_width = len(self._block) // _ROWS_PER_BLOCK
-        room = max(shape.size - len(self._head) - len(self._tail), 0)
-        self.rows = max(room // self._row_width, 1)
+        if shape.content == "full":
+            self._mark, self._serial = fullstatement.FILL_MARK, b"%08d"
+            parts = _full_parts(shape)
+            self._head = parts.head
+            self._block = b"".join(parts.render(i) for i in range(_ROWS_PER_BLOCK))
+            # The tail may count the rows: sized for the most there could be, then written exactly.
+            room = max(shape.size - len(self._head) - len(parts.tail(10**12)), 0)
+            self._row_width = len(self._block) // _ROWS_PER_BLOCK
+            self.rows = max(room // self._row_width, 1)
+            self._tail = parts.tail(self.rows)
+        else:
+            self._mark, self._serial = _BLOCK_MARK, b"%06d"
+            account = shape.account.encode()
+            row = _csv_row if shape.format == "csv" else _xml_row
+            self._head, self._tail = _csv_frame() if shape.format == "csv" else _xml_frame(shape)
+            self._block = b"".join(row(i, account) for i in range(_ROWS_PER_BLOCK))
+            self._row_width = len(self._block) // _ROWS_PER_BLOCK
+            room = max(shape.size - len(self._head) - len(self._tail), 0)
+            self.rows = max(room // self._row_width, 1)
         self.size = len(self._head) + self.rows * self._row_width + len(self._tail)
 
     def chunks(self) -> Iterator[bytes]:
@@ -123,9 +155,9 @@ class GeneratedStatement:
         yield self._head
         full, rest = divmod(self.rows, _ROWS_PER_BLOCK)
         for number in range(full):
-            yield self._block.replace(_BLOCK_MARK, b"%06d" % (number % 1_000_000))
+            yield self._block.replace(self._mark, self._serial % number)
         if rest:
-            yield self._block[: rest * self._row_width].replace(_BLOCK_MARK, b"%06d" % (full % 1_000_000))
+            yield self._block[: rest * self._row_width].replace(self._mark, self._serial % full)
         if self._tail:
             yield self._tail
 
@@ -135,3 +167,11 @@ class GeneratedStatement:
         for chunk in self.chunks():
             digest.update(chunk)
         return digest.hexdigest()
+
+
+def _full_parts(shape: StatementShape) -> fullstatement.FullParts:
+    dates = Dates(shape.date_format, shape.time_format, shape.date_time_separator)
+    accounts = fullstatement.account_ids(shape.accounts)
+    if shape.format == "csv":
+        return fullstatement.csv_parts(accounts, dates, shape.extras, shape.query_name, shape.csv_layout)
+    return fullstatement.xml_parts(accounts, dates, shape.extras, shape.query_name, shape.truncated)
