@@ -45,7 +45,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Interactive Brokers Flex Web Service",
-                "python-modules": ["airflow_provider_ibflex.operators.ibflex"],
+                "python-modules": [
+                    "airflow_provider_ibflex.operators.ibflex",
+                    "airflow_provider_ibflex.operators.tables",
+                ],
             }
         ],
         "sensors": [

@@ -1,18 +1,31 @@
 """Flex statements as tables: a streaming, lossless converter into typed per-section tables.
 
 The core has no Airflow imports; ``operators.tables`` runs it as a task. Needs pyarrow
-(``pip install 'airflow-provider-ibflex[tables]'``).
+(``pip install 'airflow-provider-ibflex[tables]'``), imported only when the converter is used.
 
 - ``xmlrows`` / ``csvrows``: a statement's rows, read as a stream (XML with defusedxml);
 - ``collect``: rows spooled by table in bounded batches while column stats are gathered;
 - ``values``: how text becomes typed columns, losing nothing (``catalogue``: known attribute types);
-- ``convert``: the two passes, the atomic writes and the manifest (``manifest``).
+- ``convert``: the two passes, the atomic writes and the manifest (``manifest``, ``layout``).
 """
 
 from __future__ import annotations
 
-from airflow_provider_ibflex.tables.convert import FORMATS, MANIFEST_FOLDER, convert_statement
-from airflow_provider_ibflex.tables.errors import FlexTablesError
-from airflow_provider_ibflex.tables.manifest import changes_since
+from typing import Any
 
-__all__ = ["FORMATS", "MANIFEST_FOLDER", "FlexTablesError", "changes_since", "convert_statement"]
+from airflow_provider_ibflex.tables.errors import FlexTablesError
+
+__all__ = ["FORMATS", "FlexTablesError", "changes_since", "convert_statement"]
+
+
+def __getattr__(name: str) -> Any:
+    # The converter needs pyarrow; the errors and the layout do not.
+    if name in ("FORMATS", "convert_statement"):
+        from airflow_provider_ibflex.tables import convert
+
+        return getattr(convert, name)
+    if name == "changes_since":
+        from airflow_provider_ibflex.tables.manifest import changes_since
+
+        return changes_since
+    raise AttributeError(name)

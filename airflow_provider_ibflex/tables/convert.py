@@ -9,6 +9,7 @@ sees complete conversions; on failure, what this conversion wrote is removed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import posixpath
@@ -28,12 +29,12 @@ from airflow_provider_ibflex.tables import values as typing_
 from airflow_provider_ibflex.tables.collect import SECTION, STATEMENT_COLUMNS, Table, TableCollector
 from airflow_provider_ibflex.tables.csvrows import read_csv
 from airflow_provider_ibflex.tables.errors import FlexTablesError
+from airflow_provider_ibflex.tables.layout import manifest_path, table_folder
 from airflow_provider_ibflex.tables.manifest import MANIFEST_VERSION, changes_since, table_entry
 from airflow_provider_ibflex.tables.xmlrows import read_xml
 
 log = logging.getLogger(__name__)
 FORMATS = ("parquet", "csv")
-MANIFEST_FOLDER = "_manifests"
 # Rows per Parquet row group (and per CSV write): large enough for scans, small enough for memory.
 ROW_GROUP_ROWS = 131_072
 
@@ -57,6 +58,7 @@ def convert_statement(
     output_format: str = "parquet",
     name: str | None = None,
     previous_manifest: Mapping[str, Any] | None = None,
+    expected_sha256: str | None = None,
     spool_folder: str | None = None,
 ) -> dict[str, Any]:
     """Convert a statement into one table per (section, row element) under ``destination`` and
@@ -70,6 +72,7 @@ def convert_statement(
     :param output_format: ``parquet`` or ``csv``.
     :param name: the files' name; the statement's file name without its extension by default.
     :param previous_manifest: an earlier conversion's manifest, to report what is new since.
+    :param expected_sha256: the statement's sha256 as landed; the statement read must match it.
     :param spool_folder: a local folder for the spool (the system's temporary folder by default).
     """
     if output_format not in FORMATS:
@@ -83,8 +86,14 @@ def convert_statement(
     with tempfile.TemporaryDirectory(prefix="ibflex-tables-", dir=spool_folder) as spool:
         collector = TableCollector(spool)
         with source_fs.open(source_path, "rb") as handle:
-            kind, outer = _read(handle, collector, source_path)
+            reader = HashingReader(handle)
+            kind, outer = _read(reader, collector, source_path)
         collector.close()
+        if expected_sha256 and reader.hexdigest() != expected_sha256.lower():
+            raise FlexTablesError(
+                f"{source_path} is not the statement that landed: its sha256 is {reader.hexdigest()}, "
+                f"the sensor recorded {expected_sha256}. It was changed since; download it again."
+            )
         statements = _check_count(kind, outer, collector)
         manifest: dict[str, Any] = {
             "manifest_version": MANIFEST_VERSION,
@@ -98,12 +107,8 @@ def convert_statement(
         written: list[str] = []
         try:
             for table in sorted(collector.tables.values(), key=lambda t: t.name):
-                path = posixpath.join(
-                    dest_path,
-                    f"section={table.section}",
-                    f"element={table.element}",
-                    f"{stem}.{output_format}",
-                )
+                folder = table_folder(dest_path, table.section, table.element)
+                path = posixpath.join(folder, f"{stem}.{output_format}")
                 columns = write_table(table, dest_fs, path, output_format, written)
                 manifest["tables"][table.name] = table_entry(
                     table.section, table.element, dest_fs.unstrip_protocol(path), table.rows, columns
@@ -111,17 +116,42 @@ def convert_statement(
             manifest["rows"] = sum(table.rows for table in collector.tables.values())
             if previous_manifest is not None:
                 manifest["changes"] = changes_since(previous_manifest, manifest["tables"])
-            manifest_path = posixpath.join(dest_path, MANIFEST_FOLDER, f"{stem}.json")
-            with atomic_open(dest_fs, manifest_path) as out:
+            manifest_at = manifest_path(dest_path, stem)
+            manifest["uri"] = dest_fs.unstrip_protocol(manifest_at)
+            with atomic_open(dest_fs, manifest_at) as out:
                 out.write(json.dumps(manifest, indent=2).encode())
-            manifest["uri"] = dest_fs.unstrip_protocol(manifest_path)
         except BaseException:
             _remove(dest_fs, written)
             raise
     return manifest
 
 
-def _read(handle: IO[bytes], collector: TableCollector, path: str) -> tuple[str, dict[str, str]]:
+class HashingReader:
+    """A binary file's reads, hashed (sha256) as they pass; one rewind to the start is allowed.
+
+    :param handle: the file.
+    """
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self._sha = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._handle.read(size)
+        self._sha.update(data)
+        return data
+
+    def seek(self, offset: int) -> None:
+        if offset != 0:
+            raise ValueError("only a rewind to the start is supported")
+        self._handle.seek(0)
+        self._sha = hashlib.sha256()
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _read(handle: Any, collector: TableCollector, path: str) -> tuple[str, dict[str, str]]:
     head = handle.read(512)
     handle.seek(0)
     if not head.strip():

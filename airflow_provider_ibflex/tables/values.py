@@ -36,7 +36,7 @@ DATE_FORMATS = (
     (r"\d{2}-[A-Za-z]{3}-\d{2}", "%d-%b-%y"),
 )
 TIME_FORMATS = ((r"\d{6}", "%H%M%S"), (r"\d{2}:\d{2}:\d{2}", "%H:%M:%S"))
-DATE_TIME_SEPARATORS = (";", ",", " ", "")
+DATE_TIME_SEPARATORS = (";", ", ", ",", " ", "")  # ", " in statements of old
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class ColumnPlan:
     """How a column is written.
 
     :param name: the column's name.
-    :param type: its Arrow type.
+    :param type: its Arrow type (times in milliseconds, as Parquet stores them).
     :param kind: its kind (``string`` when it is kept as text).
     :param formats: strptime formats to try, in order (temporal and time columns).
     :param raw: whether a ``<name>__raw`` column keeps values that did not fit.
@@ -230,9 +230,11 @@ def decide(name: str, stats: ColumnStats) -> ColumnPlan:
         return ColumnPlan(name, pa.decimal128(DECIMAL_PRECISION, stats.scale), "decimal", raw=raw)
     ordered = tuple(f.strptime for f in FORMATS if f.strptime in stats.formats)
     if stats.kind == "time":
-        return ColumnPlan(name, pa.time32("s"), "time", ordered, raw)
-    with_time = any(f.has_time for f in FORMATS if f.strptime in stats.formats)
-    return ColumnPlan(name, pa.timestamp("s") if with_time else pa.date32(), "temporal", ordered, raw)
+        return ColumnPlan(name, pa.time32("ms"), "time", ordered, raw)
+    # A date-time attribute stays a timestamp on a day all its values are dates (no schema drift).
+    named = "time" in name.lower() or "when" in name.lower()
+    with_time = named or any(f.has_time for f in FORMATS if f.strptime in stats.formats)
+    return ColumnPlan(name, pa.timestamp("ms") if with_time else pa.date32(), "temporal", ordered, raw)
 
 
 def convert(plan: ColumnPlan, values: pa.Array) -> tuple[pa.Array, pa.Array | None]:
@@ -320,7 +322,11 @@ def _parse_temporal(
             unit="s",
             error_is_null=True,
         )
-        good = pc.and_(match, pc.is_valid(stamps))
+        # strptime rolls impossible dates over (2015-02-29 becomes March 1st): a value fits only if
+        # writing the parsed moment back in its format gives the value again.
+        again = pc.strftime(stamps, format=fmt.strptime)
+        same = pc.equal(pc.utf8_lower(again), pc.utf8_lower(values))
+        good = pc.fill_null(pc.and_(match, same), False)
         if pc.any(good).as_py():
             used.append(fmt.strptime)
             parsed = pc.if_else(good, stamps, parsed)

@@ -1,0 +1,184 @@
+"""IBFlexStatementToTablesOperator: turn a landed statement into typed per-section tables.
+
+Runs the converter (``airflow_provider_ibflex.tables``) as a task: the statement is read from object
+storage as a stream and the tables (Parquet or CSV) and their manifest are written under a
+destination prefix. Needs pyarrow: ``pip install 'airflow-provider-ibflex[tables]'``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import Asset, BaseOperator, Context, ObjectStoragePath
+from airflow.sdk.exceptions import AirflowFailException
+
+from airflow_provider_ibflex.protocol import FlexInputError
+from airflow_provider_ibflex.storage import report_lineage
+from airflow_provider_ibflex.tables.layout import split_table_name, table_folder
+
+
+def table_uri(destination: str, table: str) -> str:
+    """Where a table lands under a destination prefix (its folder, for an Asset a DAG schedules on).
+
+    :param destination: the operator's destination, e.g. ``s3://bucket/ibflex/tables``.
+    :param table: the table's name, e.g. ``Trades/Trade`` or ``AccountInformation``.
+    """
+    return table_folder(destination, *split_table_name(table))
+
+
+def table_asset(destination: str, table: str, **kwargs: Any) -> Asset:
+    """An Asset for one table, to put in the operator's ``outlets`` and schedule DAGs on.
+
+    :param destination: the operator's destination.
+    :param table: the table's name, e.g. ``Trades/Trade``.
+    :param kwargs: more Asset arguments (``name``, ``group``, ...).
+    """
+    return Asset(uri=table_uri(destination, table), **kwargs)
+
+
+class IBFlexStatementToTablesOperator(BaseOperator):
+    """Convert a landed Flex statement into one typed table per (section, row element).
+
+    Tables land under ``destination`` as ``section=<Section>/element=<Element>/<name>.<format>``,
+    the layout partition-aware engines (DuckDB, Spark, pyarrow datasets) read as columns; the manifest
+    goes last to ``_manifests/<name>.json`` and is the task's XCom (never rows). Outlets get Asset
+    events: one made with ``table_asset`` carries its table's row count and file, any other the
+    manifest's summary. Input that cannot be converted without loss fails the task without retries
+    and writes nothing.
+
+    :param statement: the landed statement: the sensor's XCom (a dict with ``uri``, and
+        ``sha256``, which is then checked), or a URL or path (templated).
+    :param destination: the folder the tables go under, e.g. ``s3://bucket/ibflex/tables``
+        (templated).
+    :param output_format: ``parquet`` (default) or ``csv``.
+    :param name: the files' name; the statement's file name without its extension by default
+        (templated).
+    :param previous_manifest: an earlier manifest (URL, path or dict), to report the sections,
+        tables and columns that are new since (templated).
+    :param source_conn_id: the storage connection to read the statement with, if its store needs one.
+    :param destination_conn_id: the storage connection to write the tables with.
+    """
+
+    template_fields: Sequence[str] = ("statement", "destination", "name", "previous_manifest")
+    ui_color = "#d81f26"
+
+    def __init__(
+        self,
+        *,
+        statement: Mapping[str, Any] | str,
+        destination: str,
+        output_format: str = "parquet",
+        name: str | None = None,
+        previous_manifest: Mapping[str, Any] | str | None = None,
+        source_conn_id: str | None = None,
+        destination_conn_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.statement = statement
+        self.destination = destination
+        self.output_format = output_format
+        self.name = name
+        self.previous_manifest = previous_manifest
+        self.source_conn_id = source_conn_id
+        self.destination_conn_id = destination_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        try:
+            from airflow_provider_ibflex.tables import FlexTablesError, convert_statement
+        except ImportError as exc:
+            raise AirflowFailException(
+                f"{self.task_id}: the tables converter needs pyarrow ({exc}); install "
+                "'airflow-provider-ibflex[tables]' where tasks run."
+            ) from None
+        try:
+            uri, sha256 = self._source()
+            source = ObjectStoragePath(uri, conn_id=self.source_conn_id)
+            destination = ObjectStoragePath(self._destination(), conn_id=self.destination_conn_id)
+            manifest = convert_statement(
+                source,
+                destination,
+                output_format=self.output_format,
+                name=self.name or None,
+                previous_manifest=self._previous(),
+                expected_sha256=sha256,
+            )
+        except (FlexTablesError, FlexInputError) as exc:
+            raise AirflowFailException(f"{self.task_id}: {exc}") from None
+        self._report(context, manifest)
+        return manifest
+
+    def _source(self) -> tuple[str, str | None]:
+        statement = self.statement
+        if isinstance(statement, Mapping):
+            uri = statement.get("uri")
+            if not isinstance(uri, str) or not uri:
+                raise FlexInputError(
+                    f"statement {dict(statement)!r} has no 'uri'; pass the sensor's XCom "
+                    "(e.g. statement=wait_for_statement.output) or the statement's URL"
+                )
+            sha = statement.get("sha256")
+            return uri, sha if isinstance(sha, str) and sha else None
+        if isinstance(statement, str) and statement.strip():
+            text = statement.strip()
+            if text.startswith("{"):  # the sensor's XCom rendered as text by a template
+                try:
+                    self.statement = json.loads(text)
+                except ValueError:
+                    self.statement = text
+                else:
+                    return self._source()
+            return text, None
+        raise FlexInputError(
+            f"statement must be the sensor's XCom or a URL, got {statement!r}; pass e.g. "
+            "statement=wait_for_statement.output"
+        )
+
+    def _destination(self) -> str:
+        text = str(self.destination or "").strip()
+        if not text:
+            raise FlexInputError("destination is empty; give the folder the tables go under")
+        return text.rstrip("/")
+
+    def _previous(self) -> Mapping[str, Any] | None:
+        previous = self.previous_manifest
+        if previous is None or previous == "":
+            return None
+        if isinstance(previous, Mapping):
+            return previous
+        path = ObjectStoragePath(str(previous), conn_id=self.destination_conn_id)
+        if not path.exists():
+            self.log.info("No previous manifest at %s: every table is new", previous)
+            return {}
+        try:
+            loaded = json.loads(path.read_text())
+        except ValueError as exc:
+            raise FlexInputError(f"previous_manifest {previous!r} is not JSON ({exc})") from None
+        if not isinstance(loaded, dict):
+            raise FlexInputError(f"previous_manifest {previous!r} is not a manifest (a JSON object)")
+        return loaded
+
+    def _report(self, context: Context, manifest: dict[str, Any]) -> None:
+        tables: dict[str, Any] = manifest["tables"]
+        by_folder = {table_uri(self._destination(), name): name for name in tables}
+        for entry in tables.values():
+            report_lineage(ObjectStoragePath(entry["uri"], conn_id=self.destination_conn_id))
+        for outlet in self.outlets or []:
+            if not isinstance(outlet, Asset):
+                continue
+            extra = context["outlet_events"][outlet].extra
+            table = by_folder.get(outlet.uri.rstrip("/"))
+            if table is not None:
+                extra.update(table=table, rows=tables[table]["rows"], uri=tables[table]["uri"])
+            else:
+                extra.update(tables={name: entry["rows"] for name, entry in tables.items()})
+            extra["manifest"] = manifest.get("uri")
+        self.log.info(
+            "Wrote %d rows in %d tables under %s; manifest %s",
+            manifest.get("rows", 0),
+            len(tables),
+            self._destination(),
+            manifest.get("uri"),
+        )
