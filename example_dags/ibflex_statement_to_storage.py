@@ -1,8 +1,11 @@
-"""Daily: request a Flex Query's statement for the data interval, wait for it, land it in storage.
+"""Daily: request a Flex Query's statement for the data interval, wait for it, land it in storage,
+and turn it into typed tables.
 
 send_request (worker) -> land_statement (deferrable sensor: waits in the triggerer, downloads on a
-worker) -> ``<base>/ibflex/<date>/<query_id>.xml``. The base comes from the ``destination_base``
-param, else the ``ibflex_destination_base`` Variable, else a local folder. Point it at real data by
+worker) -> ``<base>/ibflex/<date>/<query_id>.xml`` -> statement_to_tables -> one Parquet file per
+section and row element under ``<base>/ibflex/tables/`` (needs ``airflow-provider-ibflex[tables]``).
+The base comes from the ``destination_base`` param, else the ``ibflex_destination_base`` Variable,
+else a local folder. Point it at real data by
 setting the ``ibflex_default`` connection's password to your token and ``query_id`` to your query.
 """
 
@@ -14,11 +17,15 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param
 
 from airflow_provider_ibflex.operators.ibflex import IBFlexSendRequestOperator
+from airflow_provider_ibflex.operators.tables import IBFlexStatementToTablesOperator, table_asset
 from airflow_provider_ibflex.sensors.ibflex import IBFlexStatementSensor
 
 LOCAL_BASE = "file://" + os.path.join(
     os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "statements"
 )
+BASE = "{{ params.destination_base or var.value.get('ibflex_destination_base', '" + LOCAL_BASE + "') }}"
+# DAGs can be scheduled on this: each run's event carries the table's new rows and file.
+TRADES = table_asset("Trades/Trade", name="ibflex_trades")
 
 with DAG(
     dag_id="ibflex_statement_to_storage",
@@ -48,12 +55,21 @@ with DAG(
         task_id="land_statement",
         reference_code=send_request.output,
         url="{{ ti.xcom_pull(task_ids='send_request', key='statement_url') }}",
-        destination=(
-            "{{ params.destination_base or var.value.get('ibflex_destination_base', '" + LOCAL_BASE + "') }}"
-            "/ibflex/{{ data_interval_start | ds }}/{{ params.query_id }}.xml"
-        ),
+        destination=BASE + "/ibflex/{{ data_interval_start | ds }}/{{ params.query_id }}.xml",
         deferrable=True,
         poke_interval=10,
         timeout=60 * 60,
     )
-    send_request >> land_statement
+    statement_to_tables = IBFlexStatementToTablesOperator(
+        task_id="statement_to_tables",
+        statement=land_statement.output,
+        destination=BASE + "/ibflex/tables",
+        name="{{ data_interval_start | ds }}-{{ params.query_id }}",
+        # Reports the sections, tables and columns that are new since the day before.
+        previous_manifest=(
+            BASE + "/ibflex/tables/_manifests/"
+            "{{ macros.ds_add(data_interval_start | ds, -1) }}-{{ params.query_id }}.json"
+        ),
+        outlets=[TRADES],
+    )
+    send_request >> land_statement >> statement_to_tables

@@ -2,7 +2,7 @@
 
 Sets up an Airflow home under ``.demo/`` (SQLite), starts the Flex simulator, runs
 ``ibflex_statement_to_storage`` with ``airflow dags test``, stops the simulator and prints where the
-statement landed with its size and sha256.
+statement landed with its size and sha256, and the tables it was turned into.
 """
 
 from __future__ import annotations
@@ -62,6 +62,11 @@ def main() -> int:
     print(f"  uri:    file://{landed}")
     print(f"  size:   {landed.stat().st_size} bytes")
     print(f"  sha256: {data_hash.hexdigest()}")
+    manifest_path = home / "statements" / "ibflex" / "tables" / "_manifests" / f"{day}-{QUERY_ID}.json"
+    manifest = json.loads(manifest_path.read_text())
+    print(f"\nAs tables ({manifest['format']}), manifest file://{manifest_path}:")
+    for name, table in manifest["tables"].items():
+        print(f"  {name:<34} {table['rows']:>6} rows  {table['uri']}")
     return 0
 
 

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +57,10 @@ def load_dag(dag_id: str) -> Any:
     return bag.get_dag(dag_id)
 
 
-def run(dag_id: str, **conf: Any) -> tuple[dict[str, str], str]:
+def run(dag_id: str, logical_date: datetime = LOGICAL_DATE, **conf: Any) -> tuple[dict[str, str], str]:
     """dag.test() one DAG; return each task instance's final state (by task id, map index) and the run id."""
     dag = load_dag(dag_id)
-    dag_run = dag.test(logical_date=LOGICAL_DATE, run_conf=conf or None)
+    dag_run = dag.test(logical_date=logical_date, run_conf=conf or None)
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
 
@@ -72,6 +72,35 @@ def run(dag_id: str, **conf: Any) -> tuple[dict[str, str], str]:
             (ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): str(ti.state) for ti in tis
         }
     return states, dag_run.run_id
+
+
+def xcom_of(run_id: str, task_id: str) -> Any:
+    """A task's return value in a run."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter(XComModel.run_id == run_id, XComModel.task_id == task_id, XComModel.key == "return_value")
+            .one()
+        )
+        return row.value
+
+
+def asset_events(uri: str) -> list[dict[str, Any]]:
+    """The extras of an asset's events, oldest first."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.uri == uri)
+            .order_by(AssetEvent.id)
+        )
+        return [dict(row.extra) for row in rows]
 
 
 def xcoms(run_id: str) -> list[Any]:
@@ -234,13 +263,39 @@ def test_example_dag_runs_end_to_end(
 
     token = flex_simulator.add_token(new_token())
     conn_env(token)
-    flex_simulator.add_query("100001", generation_polls=1)
+    flex_simulator.add_query("100001", generation_polls=1, content="full", accounts=2, size=80_000)
     monkeypatch.setenv("AIRFLOW_VAR_IBFLEX_DESTINATION_BASE", f"file://{tmp_path}")
-    states, _ = run("ibflex_statement_to_storage")
-    assert states == {"send_request": "success", "land_statement": "success"}
-    assert files_under(tmp_path) == ["ibflex/2026-11-20/100001.xml"]
+    states, run_id = run("ibflex_statement_to_storage")
+    assert set(states) == {"send_request", "land_statement", "statement_to_tables"}
+    assert set(states.values()) == {"success"}
+    files = files_under(tmp_path)
+    assert "ibflex/2026-11-20/100001.xml" in files
+    assert "ibflex/tables/_manifests/2026-11-20-100001.json" in files
+    assert "ibflex/tables/section=Trades/element=Trade/2026-11-20-100001.parquet" in files
     sent = flex_simulator.requests("send")[0]
     assert (sent.fd, sent.td) == ("20261120", "20261120")
+
+    # The XCom is the manifest (no rows); the day before had no manifest, so everything is new.
+    manifest = xcom_of(run_id, "statement_to_tables")
+    assert manifest["statements"]["found"] == 2 and "Trades/Trade" in manifest["tables"]
+    assert manifest["changes"]["new_tables"] == sorted(manifest["tables"])
+    landed = xcom_of(run_id, "land_statement")
+    assert manifest["source"]["uri"] == landed["uri"]
+
+    # The Trades/Trade asset got an event carrying its rows and file.
+    event = asset_events("ibflex://tables/Trades/Trade")[-1]
+    assert event["rows"] == manifest["tables"]["Trades/Trade"]["rows"] > 0
+    assert event["uri"] == manifest["tables"]["Trades/Trade"]["uri"]
+
+    # A second day's run compares against the first day's manifest.
+    states, run_id = run("ibflex_statement_to_storage", logical_date=LOGICAL_DATE + timedelta(days=1))
+    assert states["statement_to_tables"] == "success"
+    assert xcom_of(run_id, "statement_to_tables")["changes"] == {
+        "new_sections": [],
+        "new_tables": [],
+        "new_columns": {},
+        "retyped_columns": {},
+    }
 
 
 def test_mapped_example_dag(

@@ -40,7 +40,9 @@ TOKEN = new_token()
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    queries: dict[str, Any] = {"100001": {"generation_polls": 2, "size": 100_000}}
+    queries: dict[str, Any] = {
+        "100001": {"generation_polls": 2, "size": 100_000, "content": "full", "accounts": 2}
+    }
     queries |= {query_id: {"generation_seconds": 5, "size": 50_000} for query_id in MANY_QUERIES}
     # The service's own limit, in real time: 1 request/s and 10/min per token.
     config = {"tokens": {TOKEN: {}}, "queries": queries, "rate_limit": [1.0, 10]}
@@ -56,6 +58,7 @@ def test_example_dag_defers_and_lands_in_a_real_airflow(stack: Stack) -> None:
     assert {t["task_id"]: t["state"] for t in instances} == {
         "send_request": "success",
         "land_statement": "success",
+        "statement_to_tables": "success",
     }
 
     # Airflow's own records: the sensor went through DEFERRED, and the triggerer ran its trigger.
@@ -69,6 +72,11 @@ def test_example_dag_defers_and_lands_in_a_real_airflow(stack: Stack) -> None:
 
     landed = stack.home / "statements" / "ibflex" / "2026-11-20" / "100001.xml"
     assert landed.read_bytes().rstrip().endswith(b"</FlexQueryResponse>")
+    tables = stack.home / "statements" / "ibflex" / "tables"
+    manifest = json.loads((tables / "_manifests" / "2026-11-20-100001.json").read_text())
+    assert manifest["statements"]["found"] == 2 and manifest["statements"]["check"] == "passed"
+    trades = tables / "section=Trades" / "element=Trade" / "2026-11-20-100001.parquet"
+    assert trades.exists() and manifest["tables"]["Trades/Trade"]["uri"] == f"file://{trades}"
 
     # The token is in no task log, XCom, rendered template field or event.
     texts = [log, task_log(stack, run_id, "send_request"), json.dumps(events)]

@@ -18,6 +18,8 @@ from airflow_provider_ibflex.protocol import FlexInputError
 from airflow_provider_ibflex.storage import report_lineage
 from airflow_provider_ibflex.tables.layout import split_table_name, table_folder
 
+TABLE_EXTRA = "ibflex_table"
+
 
 def table_uri(destination: str, table: str) -> str:
     """Where a table lands under a destination prefix (its folder, for an Asset a DAG schedules on).
@@ -28,14 +30,23 @@ def table_uri(destination: str, table: str) -> str:
     return table_folder(destination, *split_table_name(table))
 
 
-def table_asset(destination: str, table: str, **kwargs: Any) -> Asset:
+def table_asset(table: str, destination: str | None = None, **kwargs: Any) -> Asset:
     """An Asset for one table, to put in the operator's ``outlets`` and schedule DAGs on.
 
-    :param destination: the operator's destination.
+    Its URI is the table's folder under ``destination``, or ``ibflex://tables/<Section>/<Element>``
+    when the destination is only known at run time (templated); either way the operator recognises
+    it (by its ``ibflex_table`` extra) and its events carry the table's rows and file.
+
     :param table: the table's name, e.g. ``Trades/Trade``.
+    :param destination: the operator's destination, if it is fixed.
     :param kwargs: more Asset arguments (``name``, ``group``, ...).
     """
-    return Asset(uri=table_uri(destination, table), **kwargs)
+    section, element = split_table_name(table)
+    uri = (
+        table_folder(destination, section, element) if destination else f"ibflex://tables/{section}/{element}"
+    )
+    extra = {**kwargs.pop("extra", {}), TABLE_EXTRA: table}
+    return Asset(uri=uri, extra=extra, **kwargs)
 
 
 class IBFlexStatementToTablesOperator(BaseOperator):
@@ -48,8 +59,8 @@ class IBFlexStatementToTablesOperator(BaseOperator):
     manifest's summary. Input that cannot be converted without loss fails the task without retries
     and writes nothing.
 
-    :param statement: the landed statement: the sensor's XCom (a dict with ``uri``, and
-        ``sha256``, which is then checked), or a URL or path (templated).
+    :param statement: the landed statement: the sensor's XCom (its ``.output``, a dict with ``uri``
+        and ``sha256``, which is then checked), or a URL or path (templated).
     :param destination: the folder the tables go under, e.g. ``s3://bucket/ibflex/tables``
         (templated).
     :param output_format: ``parquet`` (default) or ``csv``.
@@ -67,7 +78,7 @@ class IBFlexStatementToTablesOperator(BaseOperator):
     def __init__(
         self,
         *,
-        statement: Mapping[str, Any] | str,
+        statement: Mapping[str, Any] | str | Any,
         destination: str,
         output_format: str = "parquet",
         name: str | None = None,
@@ -169,8 +180,8 @@ class IBFlexStatementToTablesOperator(BaseOperator):
             if not isinstance(outlet, Asset):
                 continue
             extra = context["outlet_events"][outlet].extra
-            table = by_folder.get(outlet.uri.rstrip("/"))
-            if table is not None:
+            table = (outlet.extra or {}).get(TABLE_EXTRA) or by_folder.get(outlet.uri.rstrip("/"))
+            if table in tables:
                 extra.update(table=table, rows=tables[table]["rows"], uri=tables[table]["uri"])
             else:
                 extra.update(tables={name: entry["rows"] for name, entry in tables.items()})

@@ -33,7 +33,9 @@ from airflow_provider_ibflex.simulator.statements import GeneratedStatement, Sta
 
 DEMO_TOKEN = "771122334455667788990011"  # noqa: S105 - the simulator's public demo token
 DEMO_QUERIES = {
-    "100001": QuerySpec(format="xml", size=64_000, generation_polls=2, name="Daily trades"),
+    "100001": QuerySpec(
+        format="xml", size=64_000, generation_polls=2, name="Daily trades", content="full", accounts=2
+    ),
     "100002": QuerySpec(format="csv", size=32_000, generation_polls=1, name="Daily trades (CSV)"),
     "100003": QuerySpec(format="xml", size=10_000_000, generation_seconds=3, name="Year of trades"),
 }
