@@ -21,7 +21,7 @@ ANCHORS := .venv-anchors
 $(ANCHORS)/.installed:
 	$(PYTHON) -m venv $(ANCHORS)
 	$(ANCHORS)/bin/python -m pip install --quiet --upgrade pip
-	$(ANCHORS)/bin/python -m pip install --quiet "ibflex==1.1" "ib_async==2.1.0" requests
+	$(ANCHORS)/bin/python -m pip install --quiet "ibflex==1.1" "ib_async==2.1.0" requests pandas
 	touch $(ANCHORS)/.installed
 
 anchors: $(ANCHORS)/.installed

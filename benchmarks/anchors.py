@@ -51,12 +51,55 @@ def run_ib_async(spec: dict[str, Any], result: dict[str, Any]) -> None:
     result["landed_at"] = time.time()
 
 
+def parse_ibflex(spec: dict[str, Any], result: dict[str, Any]) -> None:
+    """ibflex's parser on a landed statement: every row becomes a typed dataclass."""
+    import dataclasses
+
+    from ibflex import parser
+
+    with measured(result):
+        try:
+            response = parser.parse(spec["source"])
+            rows = 0
+            for statement in response.FlexStatements:
+                for field in dataclasses.fields(statement):
+                    value = getattr(statement, field.name)
+                    if isinstance(value, tuple):
+                        rows += len(value)
+                    elif dataclasses.is_dataclass(value):
+                        rows += 1
+            result["rows"] = rows
+            result["outcome"] = "parsed"
+        except Exception as exc:  # what the anchor does on failure is the measurement
+            result["outcome"] = f"{type(exc).__name__}"
+
+
+def frames_ib_async(spec: dict[str, Any], result: dict[str, Any]) -> None:
+    """ib_async's FlexReport on a landed statement: one DataFrame per row element (``df``)."""
+    from ib_async.flexreport import FlexReport
+
+    containers = {"FlexQueryResponse", "FlexStatements", "FlexStatement"}
+    with measured(result):
+        try:
+            report = FlexReport(path=spec["source"])
+            result["rows"] = sum(len(report.df(topic)) for topic in report.topics() - containers)
+            result["outcome"] = "parsed"
+        except Exception as exc:  # what the anchor does on failure is the measurement
+            result["outcome"] = f"{type(exc).__name__}"
+
+
 def main() -> None:
     case, spec = sys.argv[1], json.loads(sys.argv[2])
     if spec.get("time_scale", 1) != 1:
         scale_sleep(spec["time_scale"])
     result: dict[str, Any] = {"case": case}
-    {"ibflex": run_ibflex, "ib_async": run_ib_async}[case](spec, result)
+    cases = {
+        "ibflex": run_ibflex,
+        "ib_async": run_ib_async,
+        "ibflex_parse": parse_ibflex,
+        "ib_async_df": frames_ib_async,
+    }
+    cases[case](spec, result)
     emit(result)
 
 

@@ -1,5 +1,5 @@
-"""``make bench``: memory, throughput, polling cost, triggerer scale and one token shared by a distributed
-Airflow, against the anchors where they apply, in one run.
+"""``make bench``: memory, throughput, polling cost, triggerer scale, one token shared by a distributed
+Airflow, and converting statements into tables, against the anchors where they apply, in one run.
 
 Every measurement runs in its own process (so peak RSS is that process's); the simulator runs in
 another process, moto in this one. Prints one table and writes the same figures to
@@ -220,6 +220,37 @@ def bench_triggerer(count: int, workdir: Path, masker_warm: bool = False) -> dic
     return result
 
 
+# -- 6: statements as tables -------------------------------------------------------------------------
+
+
+def bench_tables(size: int, workdir: Path) -> list[dict[str, Any]]:
+    """Convert one XML statement (two accounts, every common section) with ours and the anchors'
+    parsers, each in its own process."""
+    from airflow_provider_ibflex.simulator import GeneratedStatement, StatementShape
+
+    def write(path: Path, size: int) -> None:
+        # No unknown fields: the anchors' parsers must accept the statement.
+        statement = GeneratedStatement(StatementShape(content="full", accounts=2, extras=False, size=size))
+        with path.open("wb") as out:
+            for chunk in statement.chunks():
+                out.write(chunk)
+
+    source, warm = workdir / "statement.xml", workdir / "warm.xml"
+    write(source, size)
+    write(warm, 20_000)
+    spec = {"source": str(source), "warm": str(warm), "destination": str(workdir / "tables")}
+    rows = []
+    for name, client, case in (
+        ("provider (to Parquet)", "ours", "tables"),
+        ("ibflex 1.1 parser", "anchor", "ibflex_parse"),
+        ("ib_async 2.1.0 FlexReport.df", "anchor", "ib_async_df"),
+    ):
+        result = run_case(client, case, spec)
+        rows.append({"size_mb": source.stat().st_size / MB, "client": name, **result})
+    source.unlink()
+    return rows
+
+
 # -- report ------------------------------------------------------------------------------------------
 
 
@@ -289,6 +320,18 @@ def report(results: dict[str, Any]) -> str:
             f"max {row['max_per_60s']} per 60 s, wall {_fmt(row['wall_s'])} s vs ideal "
             f"{_fmt(row['ideal_s'])} s ({_fmt(row['vs_ideal'], 2)}x)",
         ]
+    if results.get("tables"):
+        lines += ["", "6. Converting an XML statement into typed tables (own process each)"]
+        lines.append(
+            f"{'size MB':>8} {'client':<30} {'RSS growth MiB':>15} {'MB/s':>8} {'rows/s':>9}  outcome"
+        )
+        for row in results["tables"]:
+            seconds = row.get("seconds")
+            lines.append(
+                f"{_fmt(row['size_mb'], 0):>8} {row['client']:<30} {_fmt(row.get('rss_growth_mib')):>15} "
+                f"{_fmt(row['size_mb'] / seconds if seconds else None):>8} "
+                f"{_fmt(row.get('rows', 0) / seconds if seconds else None, 0):>9}  {row.get('outcome')}"
+            )
     lines += ["", "Targets"]
     for goal, measured, met in targets(results):
         lines.append(f"  {'met   ' if met else 'MISSED'}  {goal}: {measured}")
@@ -326,6 +369,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     ]
     return [
         *distributed,
+        *tables_targets(results.get("tables") or []),
         ("RSS growth <= 32 MiB at every size", f"{growth:.1f} MiB", growth <= 32),
         (f"throughput >= 0.9x plain copy at {largest:g} MB", f"{ratio:.2f}x", ratio >= 0.9),
         (
@@ -352,14 +396,46 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
     ]
 
 
+def tables_targets(rows: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
+    """The converter's targets: flat memory, and at least 3x the faster anchor's rows per second."""
+    if not rows:
+        return []
+    ours = rows[0]
+
+    def speed(row: dict[str, Any]) -> float:
+        ok = row.get("seconds") and row.get("outcome") in ("tables", "parsed")
+        return float(row.get("rows", 0)) / row["seconds"] if ok else 0.0
+
+    fastest = max(speed(row) for row in rows[1:])
+    ratio = speed(ours) / fastest if fastest else None
+    growth = ours.get("rss_growth_mib")
+    return [
+        (
+            f"tables: RSS growth <= 64 MiB converting {ours['size_mb']:.0f} MB",
+            f"{_fmt(growth)} MiB",
+            growth is not None and growth <= 64,
+        ),
+        ("tables: rows/s >= 3x the faster anchor", f"{_fmt(ratio, 2)}x", ratio is not None and ratio >= 3),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check the harness, not the speed")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--report", type=Path, help="print the table of an earlier run's JSON and stop")
+    parser.add_argument("--only", choices=["tables"], help="run this benchmark alone (merged into --out)")
     args = parser.parse_args(argv)
     if args.report:
         print(report(json.loads(args.report.read_text())))
+        return 0
+    if args.only == "tables":
+        with tempfile.TemporaryDirectory(prefix="ibflex-bench-") as tmp:
+            tables = bench_tables(2 * MB if args.smoke else 1000 * MB, Path(tmp))
+        merged = json.loads(args.out.read_text()) if args.out.exists() else {}
+        merged["tables"] = tables
+        args.out.write_text(json.dumps(merged, indent=2))
+        print(report(merged) if "memory" in merged else json.dumps(tables, indent=2))
         return 0
     sizes = [1 * MB] if args.smoke else [10 * MB, 100 * MB, 1000 * MB]
     scale = 200.0 if args.smoke else 20.0
@@ -375,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             "triggerer": bench_triggerer(20 if args.smoke else 1000, workdir),
             "triggerer_warm": bench_triggerer(20 if args.smoke else 1000, workdir, masker_warm=True),
             "distributed": bench_distributed(workdir, queries=3 if args.smoke else 10),
+            "tables": bench_tables(2 * MB if args.smoke else 1000 * MB, workdir),
         }
     args.out.write_text(json.dumps(results, indent=2))
     print(report(results))

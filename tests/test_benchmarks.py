@@ -53,3 +53,10 @@ def test_every_benchmark_runs_and_produces_numbers(tmp_path: Path) -> None:
     assert shared["throttled_1018"] == 0 and shared["min_spacing_s"] >= 1.0
     assert shared["wall_s"] > 0 and shared["ideal_s"] > 0
     assert "Polling cost" in done.stdout and "Triggerer scale" in done.stdout and "One token" in done.stdout
+    tables = {row["client"]: row for row in results["tables"]}
+    ours = tables["provider (to Parquet)"]
+    assert ours["outcome"] == "tables" and ours["rows"] > 0 and ours["seconds"] > 0
+    if anchors_installed:
+        for row in tables.values():  # the anchors parse the same statement
+            assert row["outcome"] in ("tables", "parsed") and abs(row["rows"] - ours["rows"]) <= 6, row
+    assert "typed tables" in done.stdout

@@ -28,8 +28,8 @@ STATEMENT_COLUMNS = {
 METADATA_KINDS = {SECTION: "string", ACCOUNT: "string"} | dict.fromkeys(
     STATEMENT_COLUMNS.values(), "temporal"
 )
-# Attribute values held before the batches are spooled: bounds the rows kept in memory (~50 MB).
-FLUSH_VALUES = 500_000
+# Attribute values held before the batches are spooled: bounds the rows kept in memory (~8 MB).
+FLUSH_VALUES = 100_000
 _SPOOL_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 

@@ -35,8 +35,9 @@ from airflow_provider_ibflex.tables.xmlrows import read_xml
 
 log = logging.getLogger(__name__)
 FORMATS = ("parquet", "csv")
-# Rows per Parquet row group (and per CSV write): large enough for scans, small enough for memory.
-ROW_GROUP_ROWS = 131_072
+# Typed data held per Parquet row group (and per CSV write): large enough for scans, small enough to
+# keep memory flat.
+ROW_GROUP_BYTES = 4 * 1024 * 1024
 
 
 def locate(target: Any) -> tuple[Any, str]:
@@ -229,13 +230,14 @@ def write_table(
             else pa_csv.CSVWriter(handle, schema)
         )
         held: list[pa.RecordBatch] = []
-        held_rows = 0
+        held_bytes = 0
         for batch in table.batches():
-            held.append(_typed(batch, plans, schema))
-            held_rows += batch.num_rows
-            if held_rows >= ROW_GROUP_ROWS:
+            typed = _typed(batch, plans, schema)
+            held.append(typed)
+            held_bytes += typed.nbytes
+            if held_bytes >= ROW_GROUP_BYTES:
                 writer.write_table(pa.Table.from_batches(held, schema))
-                held, held_rows = [], 0
+                held, held_bytes = [], 0
         if held or not table.rows:
             writer.write_table(pa.Table.from_batches(held, schema))
         writer.close()

@@ -70,6 +70,7 @@ def _formats() -> tuple[Format, ...]:
 FORMATS = _formats()
 _COMPILED = tuple((re.compile(f.pattern), f) for f in FORMATS)
 DECIMAL_PATTERN = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+_DECIMAL_RE = f"^{DECIMAL_PATTERN}$"
 _IDENTIFIER_WORDS = ("conid", "cusip", "isin", "figi", "sedol", "securityid", "serialnumber", "account")
 
 
@@ -199,12 +200,12 @@ def observe(kind: str, values: pa.Array) -> ColumnStats:
     if kind == "boolean":
         stats.fits = _count(pc.and_(there, _boolean_spelling(values)))
     elif kind == "decimal":
-        fit = pc.and_(there, pc.match_substring_regex(values, f"^{DECIMAL_PATTERN}$"))
+        fit = pc.and_(there, pc.match_substring_regex(values, _DECIMAL_RE))
         stats.fits = _count(fit)
         if stats.fits:
             stats.scale, stats.integer_digits = _decimal_extent(pc.filter(values, fit))
     else:
-        _, fit, used = _parse_temporal(values, there, kind, None)
+        _, fit, used = _parse_distinct(values, kind, None)
         stats.fits = _count(fit)
         stats.formats = set(used)
     return stats
@@ -251,11 +252,12 @@ def convert(plan: ColumnPlan, values: pa.Array) -> tuple[pa.Array, pa.Array | No
         fit = pc.and_(there, _boolean_spelling(values))
         typed = pc.if_else(fit, pc.is_in(values, pa.array(TRUE_SPELLINGS)), pa.scalar(None, pa.bool_()))
     elif plan.kind == "decimal":
-        fit = pc.and_(there, pc.match_substring_regex(values, f"^{DECIMAL_PATTERN}$"))
+        # Without misfits (the first pass counted them) every present value is a number.
+        fit = there if not plan.raw else pc.and_(there, pc.match_substring_regex(values, _DECIMAL_RE))
         digits = pc.replace_substring(pc.if_else(fit, values, pa.scalar(None, pa.string())), ",", "")
         typed = pc.cast(digits, plan.type)
     else:
-        parsed, fit, _ = _parse_temporal(values, there, plan.kind, plan.formats)
+        parsed, fit, _ = _parse_distinct(values, plan.kind, plan.formats)
         typed = pc.cast(parsed, plan.type)
     raw = None
     if plan.raw:
@@ -272,13 +274,30 @@ def _boolean_spelling(values: pa.Array) -> pa.Array:
 
 
 def _decimal_extent(values: pa.Array) -> tuple[int, int]:
-    digits = pc.replace_substring_regex(values, r"[^0-9.]", "")
+    scale, integer = _digits_around_point(values)
+    if scale + integer > DECIMAL_PRECISION:  # counted signs and commas too: count digits only
+        scale, integer = _digits_around_point(pc.replace_substring_regex(values, r"[^0-9.]", ""))
+    return scale, integer
+
+
+def _digits_around_point(digits: pa.Array) -> tuple[int, int]:
     length = pc.utf8_length(digits)
     dot = pc.find_substring(digits, ".")
     has_dot = pc.greater_equal(dot, 0)
     scale = pc.if_else(has_dot, pc.subtract(pc.subtract(length, dot), 1), 0)
     integer = pc.if_else(has_dot, dot, length)
     return int(pc.max(scale).as_py() or 0), int(pc.max(integer).as_py() or 0)
+
+
+def _parse_distinct(
+    values: pa.Array, kind: str, formats: tuple[str, ...] | None
+) -> tuple[pa.Array, pa.Array, list[str]]:
+    """``_parse_temporal`` over a column's distinct values only: dates repeat on every row."""
+    encoded = pc.dictionary_encode(values)
+    distinct = encoded.dictionary
+    parsed, fit, used = _parse_temporal(distinct, present(distinct), kind, formats)
+    indices = encoded.indices
+    return parsed.take(indices), pc.fill_null(fit.take(indices), False), used
 
 
 # Distinct values probed for their format before the rest of a batch counts as not fitting.
