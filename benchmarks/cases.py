@@ -132,8 +132,9 @@ def tables_convert(spec: dict[str, Any], result: dict[str, Any]) -> None:
     """The converter turns a landed XML statement into Parquet tables."""
     from airflow_provider_ibflex.tables import convert_statement
 
-    # A first, tiny conversion pays the one-time costs (pyarrow's kernels and thread pools) outside
-    # the measurement, as a worker that has converted one statement already has.
+    # A first, small conversion pays the one-time costs (pyarrow's kernels and thread pools, the
+    # allocators' first arenas) outside the measurement, as a worker that has converted one
+    # statement already has.
     convert_statement(spec["warm"], spec["destination"] + "-warm")
     with measured(result):
         manifest = convert_statement(spec["source"], spec["destination"])

@@ -192,6 +192,22 @@ def test_fatal_code_fails_without_retries(
     assert files_under(tmp_path) == []
 
 
+def test_an_unconvertible_statement_fails_the_task_without_retries(tmp_path: Path) -> None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    broken = tmp_path / "statement.xml"
+    broken.write_text('<FlexQueryResponse><FlexStatements count="2"><FlexStatement accountId="U1">')
+    states, run_id = run(
+        "ibflex_test_tables", statement=f"file://{broken}", destination=f"file://{tmp_path}/t"
+    )
+    assert states == {"tables": "failed"}
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter(TaskInstance.run_id == run_id).one()
+        assert ti.try_number == 1  # a fatal error: the 3 retries were not used
+    assert files_under(tmp_path / "t") == []
+
+
 @pytest.mark.parametrize(("soft", "expected"), [("", "failed"), ("_soft", "skipped")])
 @pytest.mark.parametrize("mode", ["deferred", "poke"])
 def test_timeout_honours_soft_fail(

@@ -225,7 +225,7 @@ def write_table(
     schema = pa.schema(fields)
     with atomic_open(fs, path) as handle:
         writer: Any = (
-            pq.ParquetWriter(handle, schema, compression="zstd")
+            pq.ParquetWriter(handle, schema, compression="snappy")
             if output_format == "parquet"
             else pa_csv.CSVWriter(handle, schema)
         )

@@ -38,3 +38,16 @@ for dag_id, sensor_kwargs in CONFIGS.items():
             url="{{ ti.xcom_pull(task_ids='send', key='statement_url') }}",
             **{"poke_interval": 0.2, "timeout": 30, **sensor_kwargs},  # type: ignore[arg-type]
         )
+
+with DAG(
+    "ibflex_test_tables",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    params={"statement": "", "destination": ""},
+    default_args={"retries": 3},
+):
+    from airflow_provider_ibflex.operators.tables import IBFlexStatementToTablesOperator
+
+    IBFlexStatementToTablesOperator(
+        task_id="tables", statement="{{ params.statement }}", destination="{{ params.destination }}"
+    )
