@@ -162,16 +162,18 @@ def test_tables_in_s3_from_a_statement_in_s3(
     from airflow.sdk import ObjectStoragePath
 
     bucket = moto_s3.bucket("flex")
-    monkeypatch.setenv("AIRFLOW_CONN_MOTO_S3", moto_s3.connection())
+    # A connection id of its own: Airflow caches object stores by connection id, per process.
+    conn_id = f"tables_s3_{moto_s3.port}"
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", moto_s3.connection())
     key = "statements/2026-11-20.xml"
-    destination = ObjectStoragePath(f"s3://{bucket}/{key}", conn_id="moto_s3")
+    destination = ObjectStoragePath(f"s3://{bucket}/{key}", conn_id=conn_id)
     flex_simulator.add_query("555", content="full", accounts=2, size=200_000)
     hook = IBFlexHook(make_conn(token))
     reference = hook.send_request("555")
     result = hook.download_statement(reference.reference_code, destination, url=reference.url)
     assert result.landed and result.metadata
-    source = ObjectStoragePath(result.metadata["uri"], conn_id="moto_s3")
-    tables = ObjectStoragePath(f"s3://{bucket}/tables", conn_id="moto_s3")
+    source = ObjectStoragePath(result.metadata["uri"], conn_id=conn_id)
+    tables = ObjectStoragePath(f"s3://{bucket}/tables", conn_id=conn_id)
     sha = result.metadata["sha256"]
     manifest = convert_statement(source, tables, output_format="csv", expected_sha256=sha)
     keys = moto_s3.keys(bucket)
