@@ -192,6 +192,20 @@ def test_fatal_code_fails_without_retries(
     assert files_under(tmp_path) == []
 
 
+def test_tables_are_named_after_the_run_day_by_default(tmp_path: Path) -> None:
+    from airflow_provider_ibflex.simulator import GeneratedStatement, StatementShape
+
+    landed = tmp_path / "2026-11-20" / "100001.xml"
+    landed.parent.mkdir()
+    landed.write_bytes(b"".join(GeneratedStatement(StatementShape(content="full", size=20_000)).chunks()))
+    states, run_id = run(
+        "ibflex_test_tables", statement=f"file://{landed}", destination=f"file://{tmp_path}/t"
+    )
+    assert states == {"tables": "success"}
+    assert "_manifests/2026-11-20-100001.json" in files_under(tmp_path / "t")
+    assert xcom_of(run_id, "tables")["tables"]["Trades/Trade"]["uri"].endswith("/2026-11-20-100001.parquet")
+
+
 def test_an_unconvertible_statement_fails_the_task_without_retries(tmp_path: Path) -> None:
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session

@@ -8,6 +8,7 @@ destination prefix. Needs pyarrow: ``pip install 'airflow-provider-ibflex[tables
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,6 +50,18 @@ def table_asset(table: str, destination: str | None = None, **kwargs: Any) -> As
     return Asset(uri=uri, extra=extra, **kwargs)
 
 
+def default_name(uri: str, context: Context) -> str:
+    """The run's date and the statement's file name without its extension (just the latter for a
+    run without a logical date).
+
+    :param uri: the statement's URL or path.
+    :param context: the task's context.
+    """
+    stem = posixpath.basename(uri.rstrip("/")).rsplit(".", 1)[0]
+    day = context.get("ds")
+    return f"{day}-{stem}" if day else stem
+
+
 class IBFlexStatementToTablesOperator(BaseOperator):
     """Convert a landed Flex statement into one typed table per (section, row element).
 
@@ -64,8 +77,10 @@ class IBFlexStatementToTablesOperator(BaseOperator):
     :param destination: the folder the tables go under, e.g. ``s3://bucket/ibflex/tables``
         (templated).
     :param output_format: ``parquet`` (default) or ``csv``.
-    :param name: the files' name; the statement's file name without its extension by default
-        (templated).
+    :param name: the files' name (templated); by default the run's date and the statement's file
+        name without its extension (``2026-11-20-100001``), so statements landed as
+        ``<date>/<query>.xml`` day after day do not overwrite each other's tables, and a rerun
+        replaces its own.
     :param previous_manifest: an earlier manifest (URL, path or dict), to report the sections,
         tables and columns that are new since (templated).
     :param source_conn_id: the storage connection to read the statement with, if its store needs one.
@@ -112,7 +127,7 @@ class IBFlexStatementToTablesOperator(BaseOperator):
                 source,
                 destination,
                 output_format=self.output_format,
-                name=self.name or None,
+                name=self.name or default_name(uri, context),
                 previous_manifest=self._previous(),
                 expected_sha256=sha256,
             )
