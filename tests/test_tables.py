@@ -339,8 +339,10 @@ def altered(tmp_path: Path, change: Callable[[bytes], bytes]) -> Path:
         (lambda b: b'<!DOCTYPE x [<!ENTITY a "b">]>' + b, "DTD"),
         (lambda b: b.replace(b"<Trades>", b"<Trades>surprise", 1), "text inside"),
         (lambda b: b"", "is empty"),
+        (lambda b: b"<FlexStatementResponse><Status>Warn</Status></FlexStatementResponse>", "envelope"),
+        (lambda b: b"<html><body>Service unavailable</body></html>", "not a Flex statement"),
     ],
-    ids=["count", "truncated", "dtd", "text", "empty"],
+    ids=["count", "truncated", "dtd", "text", "empty", "envelope", "html"],
 )
 def test_bad_statements_fail_clearly_and_write_nothing(
     tmp_path: Path, change: Callable[[bytes], bytes], message: str

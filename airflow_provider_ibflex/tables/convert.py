@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from defusedxml import DefusedXmlException
 
 from airflow_provider_ibflex.atomic import atomic_open
+from airflow_provider_ibflex.protocol.bodies import HEAD_BYTES, BodyKind, classify_body
 from airflow_provider_ibflex.tables import values as typing_
 from airflow_provider_ibflex.tables.collect import SECTION, STATEMENT_COLUMNS, Table, TableCollector
 from airflow_provider_ibflex.tables.csvrows import read_csv
@@ -153,11 +154,18 @@ class HashingReader:
 
 
 def _read(handle: Any, collector: TableCollector, path: str) -> tuple[str, dict[str, str]]:
-    head = handle.read(512)
+    head = handle.read(HEAD_BYTES)
     handle.seek(0)
-    if not head.strip():
+    # What the bytes are is the protocol core's call, as for every body the service sends.
+    body = classify_body(head, complete=len(head) < HEAD_BYTES)
+    if body is BodyKind.EMPTY:
         raise FlexTablesError(f"{path} is empty; a landed statement never is. Download it again.")
-    kind = "xml" if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<") else "csv"
+    if body not in (BodyKind.XML_STATEMENT, BodyKind.TEXT_STATEMENT):
+        raise FlexTablesError(
+            f"{path} is not a Flex statement (it looks like {body.value}: a status envelope, an error "
+            "page or another file); convert the statement the sensor landed."
+        )
+    kind = "xml" if body is BodyKind.XML_STATEMENT else "csv"
     try:
         outer = read_xml(handle, collector) if kind == "xml" else read_csv(handle, collector)
     except DefusedXmlException as exc:
