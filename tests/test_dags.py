@@ -203,7 +203,9 @@ def test_tables_are_named_after_the_run_day_by_default(tmp_path: Path) -> None:
     )
     assert states == {"tables": "success"}
     assert "_manifests/2026-11-20-100001.json" in files_under(tmp_path / "t")
-    assert xcom_of(run_id, "tables")["tables"]["Trades/Trade"]["uri"].endswith("/2026-11-20-100001.parquet")
+    manifest = xcom_of(run_id, "tables")
+    assert manifest["name"] == "2026-11-20-100001"
+    assert manifest["tables"]["Trades/Trade"]["uri"].endswith(f"/2026-11-20-100001.{manifest['run']}.parquet")
 
 
 def test_an_unconvertible_statement_fails_the_task_without_retries(tmp_path: Path) -> None:
@@ -301,7 +303,8 @@ def test_example_dag_runs_end_to_end(
     files = files_under(tmp_path)
     assert "ibflex/2026-11-20/100001.xml" in files
     assert "ibflex/tables/_manifests/2026-11-20-100001.json" in files
-    assert "ibflex/tables/section=Trades/element=Trade/2026-11-20-100001.parquet" in files
+    run_of = json.loads((tmp_path / "ibflex/tables/_manifests/2026-11-20-100001.json").read_text())["run"]
+    assert f"ibflex/tables/section=Trades/element=Trade/2026-11-20-100001.{run_of}.parquet" in files
     sent = flex_simulator.requests("send")[0]
     assert (sent.fd, sent.td) == ("20261120", "20261120")
 

@@ -75,7 +75,7 @@ def test_example_dag_defers_and_lands_in_a_real_airflow(stack: Stack) -> None:
     tables = stack.home / "statements" / "ibflex" / "tables"
     manifest = json.loads((tables / "_manifests" / "2026-11-20-100001.json").read_text())
     assert manifest["statements"]["found"] == 2 and manifest["statements"]["check"] == "passed"
-    trades = tables / "section=Trades" / "element=Trade" / "2026-11-20-100001.parquet"
+    trades = tables / "section=Trades" / "element=Trade" / f"2026-11-20-100001.{manifest['run']}.parquet"
     assert trades.exists() and manifest["tables"]["Trades/Trade"]["uri"] == f"file://{trades}"
 
     # The token is in no task log, XCom, rendered template field or event.

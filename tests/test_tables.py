@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import decimal
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,17 @@ from airflow_provider_ibflex.hooks.ibflex import IBFlexHook
 from airflow_provider_ibflex.simulator import FlexSimulator, GeneratedStatement, StatementShape
 from airflow_provider_ibflex.tables import FlexTablesError, convert_statement
 from airflow_provider_ibflex.tables import values as typing_
-from airflow_provider_ibflex.tables.collect import STATEMENT_COLUMNS, TableCollector
+from airflow_provider_ibflex.tables.collect import (
+    CARRIED_KINDS,
+    ROW_NUMBER,
+    STATEMENT_COLUMNS,
+    TableCollector,
+)
 from airflow_provider_ibflex.tables.xmlrows import read_xml
 from tests.conftest import MotoS3, files_under
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
-CARRIED = {"section", *STATEMENT_COLUMNS.values()}
 
 
 def write_statement(path: Path, **shape: Any) -> Path:
@@ -52,31 +55,41 @@ def land(
     return result.metadata
 
 
-def expected_rows(statement: Path) -> dict[str, list[dict[str, str]]]:
+def expected_rows(statement: Path) -> dict[str, list[dict[str, str | None]]]:
     """An independent reading of an XML statement (the whole tree, fine for test sizes): each table's
-    rows as the attributes they were written with, plus what each row carries."""
-    tables: dict[str, list[dict[str, str]]] = {}
+    rows in document order as the attributes they were written with, plus what each row carries and
+    its position among all the statement's rows."""
+    tables: dict[str, list[dict[str, str | None]]] = {}
+    number = 0
     for flex_statement in SafeET.parse(statement).getroot().iter("FlexStatement"):
-        carried = {new: flex_statement.get(old, "") for old, new in STATEMENT_COLUMNS.items()}
+        carried = {new: flex_statement.get(old) for old, new in STATEMENT_COLUMNS.items()}
         for section in flex_statement:
             for element in section.iter():
                 if element.attrib:
+                    number += 1
                     name = section.tag if element.tag == section.tag else f"{section.tag}/{element.tag}"
-                    row = {"section": section.tag, **carried, **element.attrib}
+                    row = {"section": section.tag, ROW_NUMBER: str(number), **carried, **element.attrib}
                     row.setdefault("accountId", flex_statement.get("accountId", ""))
                     tables.setdefault(name, []).append(row)
     return tables
 
 
 def read_table(uri: str) -> pa.Table:
+    """One file the converter wrote, as a plain reader opens it."""
     path = uri.removeprefix("file://")
     return pq.read_table(path) if path.endswith(".parquet") else pa_csv.read_csv(path)
 
 
-def assert_same_value(name: str, text: str, kind: pa.DataType, got: Any, raw: str | None) -> None:
+def assert_same_value(name: str, text: str | None, kind: pa.DataType, got: Any, raw: str | None) -> None:
     """A converted value against the text it came from, parsed independently of the converter."""
+    if text is None:  # absent
+        assert got is None and raw is None, name
+        return
     if pa.types.is_string(kind):
         assert got == text, name
+        return
+    if pa.types.is_integer(kind):  # the row number
+        assert got == int(text), name
         return
     if text in typing_.NULL_SPELLINGS:
         assert got is None and raw is None, name
@@ -97,8 +110,26 @@ def assert_same_value(name: str, text: str, kind: pa.DataType, got: Any, raw: st
         assert got == expected, name
 
 
+def expected_type(name: str) -> pa.DataType:
+    """A column's type from its name alone, as the README states the rule."""
+    if name.endswith(typing_.RAW_SUFFIX):
+        return pa.string()
+    if name == ROW_NUMBER:
+        return pa.int64()
+    kind = CARRIED_KINDS.get(name) or typing_.declared_kind(name)
+    return {
+        "string": pa.string(),
+        "decimal": pa.decimal128(38, 10),
+        "date": pa.date32(),
+        "datetime": pa.timestamp("ms"),
+        "time": pa.time32("ms"),
+        "boolean": pa.bool_(),
+    }[kind]
+
+
 def assert_lossless(statement: Path, manifest: dict[str, Any]) -> None:
-    """Every table has every row, every row every attribute, each value equal to its text."""
+    """Every table has every row in document order, every row every attribute, each value equal to
+    its text; every column has the type its name gives, every typed column its raw companion."""
     expected = expected_rows(statement)
     assert set(manifest["tables"]) == set(expected)
     for name, rows in expected.items():
@@ -109,6 +140,11 @@ def assert_lossless(statement: Path, manifest: dict[str, Any]) -> None:
         assert set(table.column_names) - names <= {n + typing_.RAW_SUFFIX for n in names}, name
         assert names <= set(table.column_names), name
         assert [c["name"] for c in entry["columns"]] == table.column_names
+        for field in table.schema:
+            assert field.type == expected_type(field.name), (name, field.name)
+            if field.type not in (pa.string(), pa.int64()):
+                assert field.name + typing_.RAW_SUFFIX in table.column_names, (name, field.name)
+        assert table.column(ROW_NUMBER).to_pylist() == [int(row[ROW_NUMBER]) for row in rows], name
         for index, row in enumerate(table.to_pylist()):
             for attribute, text in rows[index].items():
                 kind = table.schema.field(attribute).type
@@ -177,10 +213,13 @@ def test_tables_in_s3_from_a_statement_in_s3(
     sha = result.metadata["sha256"]
     manifest = convert_statement(source, tables, output_format="csv", expected_sha256=sha)
     keys = moto_s3.keys(bucket)
-    assert "tables/_manifests/2026-11-20.json" in keys
-    assert "tables/section=Trades/element=Trade/2026-11-20.csv" in keys
-    assert len([k for k in keys if k.endswith(".csv")]) == len(manifest["tables"])
-    body = moto_s3.client.get_object(Bucket=bucket, Key="tables/section=Trades/element=Trade/2026-11-20.csv")
+    trades = f"tables/section=Trades/element=Trade/2026-11-20.{manifest['run']}.csv"
+    assert "tables/_manifests/2026-11-20.json" in keys and trades in keys
+    assert sorted(k for k in keys if k.endswith(".csv")) == sorted(
+        entry["uri"].removeprefix(f"s3://{bucket}/") for entry in manifest["tables"].values()
+    )
+    assert not [k for k in keys if "/pending/" in k]  # the run's note is gone once published
+    body = moto_s3.client.get_object(Bucket=bucket, Key=trades)
     local = tmp_path / "trades.csv"
     local.write_bytes(body["Body"].read())
     assert pa_csv.read_csv(local).num_rows == manifest["tables"]["Trades/Trade"]["rows"]
@@ -257,13 +296,19 @@ def test_csv_with_a_byte_order_mark_and_crlf(tmp_path: Path) -> None:
     assert rows == [
         {
             "section": "CashTransactions",
+            "rowNumber": 1,
             "ClientAccountID": "U1",
             "Amount": decimal.Decimal("1024.50"),
+            "Amount__raw": None,
             "Description": "line one\r\nline two",
             "accountId": "U1",
             "statementFromDate": datetime.date(2026, 11, 20),
+            "statementFromDate__raw": None,
             "statementToDate": datetime.date(2026, 11, 20),
+            "statementToDate__raw": None,
+            "statementPeriod": None,  # a CSV's BOF record has no period
             "statementWhenGenerated": datetime.datetime(2026, 11, 23, 7, 15),
+            "statementWhenGenerated__raw": None,
         }
     ]
 
@@ -319,7 +364,7 @@ def test_an_attribute_first_seen_in_a_later_batch_becomes_a_column(tmp_path: Pat
     assert_lossless(source, manifest)
     trades = read_table(manifest["tables"]["Trades/Trade"]["uri"])
     assert trades.column("brandNew").to_pylist() == [None] * 50 + ["x"]
-    assert trades.schema.field("fxRateToBase").type == pa.decimal128(38, 1)
+    assert trades.schema.field("fxRateToBase").type == pa.decimal128(38, 10)  # the one decimal type
 
 
 # -- bad input: a clear error, nothing written ------------------------------------------------------
@@ -404,21 +449,8 @@ def test_changes_since_the_previous_manifest(tmp_path: Path) -> None:
     before = convert_statement(yesterday, tmp_path / "t")
     after = convert_statement(today, tmp_path / "t", previous_manifest=before)
     assert after["changes"]["new_sections"] == ["IBFutureSection"]
-    assert after["changes"]["new_columns"]["Trades/Trade"] == ["ibNewField2027"]
-    assert after["changes"]["new_columns"]["CashTransactions/CashTransaction"] == ["settleDate__raw"]
-
-
-# -- the README's query, as written ---------------------------------------------------------------
-
-
-def test_readme_query_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    statement = write_statement(tmp_path / "2026-11-20.xml", content="full", size=50_000)
-    convert_statement(statement, tmp_path / "t")
-    readme = (REPO / "README.md").read_text()
-    block = re.search(r"<!-- tables-query -->\s*```python\n(.*?)```", readme, re.S)
-    assert block, "the README's tables query block is missing"
-    monkeypatch.chdir(tmp_path)
-    scope: dict[str, Any] = {"TABLES": str(tmp_path / "t")}
-    exec(block.group(1), scope)  # noqa: S102 - the README's own example
-    assert scope["by_symbol"].num_rows == 8
-    assert len(scope["positions"]) == 2
+    # Raw companions are in every file, with or without misfits: only the attribute is new.
+    assert after["changes"]["new_columns"] == {
+        f"Trades/{element}": ["ibNewField2027"] for element in ("Trade", "Order", "Lot")
+    }
+    assert after["changes"]["retyped_columns"] == {}

@@ -27,10 +27,11 @@ TIMES = {"HHmmss": "143529", "HH:mm:ss": "14:35:29"}
 
 
 def typed(name: str, texts: list[str | None]) -> tuple[values.ColumnPlan, list[object], list[object] | None]:
-    """Both passes over one batch: the plan, the typed values and the raw companion's values."""
+    """One batch converted: the plan (from the name alone), the typed values and the raw companion's."""
     array = pa.array(texts, pa.string())
-    plan = values.decide(name, values.observe(values.declared_kind(name), array))
+    plan = values.plan_column(name)
     column, raw = values.convert(plan, array)
+    assert column.type == plan.type
     return plan, column.to_pylist(), None if raw is None else raw.to_pylist()
 
 
@@ -40,7 +41,7 @@ def typed(name: str, texts: list[str | None]) -> tuple[values.ColumnPlan, list[o
 )
 def test_every_flex_date_time_format_parses(date: str, time: str, separator: str) -> None:
     plan, column, raw = typed("dateTime", [date + separator + time])
-    assert plan.type == pa.timestamp("ms") and column == [MOMENT] and raw is None
+    assert plan.type == pa.timestamp("ms") and column == [MOMENT] and raw == [None]
 
 
 @pytest.mark.parametrize("date", DATES.values())
@@ -73,13 +74,13 @@ def test_multi_among_dates_is_kept_raw() -> None:
 
 @pytest.mark.parametrize("null", values.NULL_SPELLINGS)
 def test_null_spellings_are_null_in_typed_columns_and_kept_in_text(null: str) -> None:
-    assert typed("tradePrice", ["1.5", null])[1:] == ([decimal.Decimal("1.5"), None], None)
+    assert typed("tradePrice", ["1.5", null])[1:] == ([decimal.Decimal("1.5"), None], [None, None])
     assert typed("exchange", [null])[1] == [null]
 
 
 def test_decimals_are_exact_with_thousands_separators_and_signs() -> None:
     plan, column, raw = typed("costBasis", ["21,792.73", "-0", "+5", "0.000000001", "1,234,567"])
-    assert plan.type == pa.decimal128(38, 9) and raw is None
+    assert plan.type == pa.decimal128(38, 10) and raw == [None] * 5
     assert column == [decimal.Decimal(t) for t in ("21792.73", "0", "5", "0.000000001", "1234567")]
 
 
@@ -118,26 +119,82 @@ def test_unknown_attributes_stay_text() -> None:
 
 @pytest.mark.parametrize(
     ("header", "kind"),
-    [("TradePrice", "decimal"), ("DateTime", "temporal"), ("Buy/Sell", "string"), ("IsAPIOrder", "boolean")],
+    [
+        ("TradePrice", "decimal"),
+        ("DateTime", "datetime"),
+        ("TradeDate", "date"),
+        ("Buy/Sell", "string"),
+        ("IsAPIOrder", "boolean"),
+    ],
 )
 def test_csv_headers_are_typed_like_their_xml_attributes(header: str, kind: str) -> None:
     assert values.declared_kind(header) == kind
 
 
 def test_a_column_without_values_keeps_its_declared_type() -> None:
-    assert typed("tradePrice", ["", None])[0].type == pa.decimal128(38, 0)
+    assert typed("tradePrice", ["", None])[0].type == pa.decimal128(38, 10)
 
 
-def test_too_many_digits_stay_text() -> None:
-    plan, column, _ = typed("amount", ["1" * 30 + "." + "1" * 10])
-    assert plan.type == pa.string() and column == ["1" * 30 + "." + "1" * 10]
+@pytest.mark.parametrize(
+    "text",
+    [
+        "100",  # scale 0
+        "-100.25",  # 2
+        "79362.354191008",  # 9
+        "0.1234567891",  # 10
+        "1.500000000000",  # 12 written, 10 needed: trailing zeros are not digits that need a scale
+        "9" * 28 + "." + "9" * 10,  # the widest that fits
+        "0" * 12 + "1" * 28,  # leading zeros do not count
+        "1,234,567,890,123,456,789,012,345,678",  # 28 digits with separators
+    ],
+)
+def test_decimals_that_fit_the_one_type_are_exact(text: str) -> None:
+    plan, column, raw = typed("netCash", [text])
+    assert plan.type == values.DECIMAL_TYPE == pa.decimal128(38, 10)
+    assert column == [decimal.Decimal(text.replace(",", ""))] and raw == [None]
 
 
-def test_stats_merge_over_batches() -> None:
-    first = values.observe("decimal", pa.array(["1.5", "x"]))
-    second = values.observe("decimal", pa.array(["12345.125"]))
-    merged = first.merge(second)
-    assert (merged.values, merged.fits, merged.scale, merged.integer_digits) == (3, 2, 3, 5)
+@pytest.mark.parametrize(
+    "text",
+    ["0.12345678901", "1." + "0" * 10 + "1", "1" * 29, "1" * 29 + ".5", "1.", ".5", "1,23", "1e5"],
+    ids=[
+        "scale-11",
+        "scale-11-zeros",
+        "29-digits",
+        "29-digits-point",
+        "bare-point",
+        "no-integer",
+        "bad-group",
+        "exponent",
+    ],
+)
+def test_decimals_that_need_more_are_never_rounded(text: str) -> None:
+    _, column, raw = typed("netCash", ["1", text])
+    assert column == [decimal.Decimal(1), None] and raw == [None, text]
+
+
+@given(
+    st.lists(
+        st.one_of(st.none(), st.text(max_size=12), st.from_regex(r"-?\d{1,30}(\.\d{1,14})?", fullmatch=True))
+    )
+)
+def test_a_columns_type_never_depends_on_its_values(texts: list[str | None]) -> None:
+    for name in ("netCash", "tradeDate", "dateTime", "tradeTime", "isAPIOrder", "description"):
+        plan, column, raw = typed(name, texts)
+        assert plan == values.plan_column(name)
+        # Nothing is lost: a value is typed, or null and kept raw, or it was a null spelling.
+        for text, got, kept in zip(texts, column, raw or [None] * len(texts), strict=True):
+            if text is None or (plan.raw and text in values.NULL_SPELLINGS):
+                assert got is None and kept is None
+            elif plan.raw:
+                assert (got is None) == (kept == text)
+            else:
+                assert got == text
+
+
+def test_a_date_column_keeps_a_time_it_cannot_hold_raw() -> None:
+    plan, column, raw = typed("tradeDate", ["20160229", "20160229;143529"])
+    assert plan.type == pa.date32() and column == [MOMENT.date(), None] and raw == [None, "20160229;143529"]
 
 
 def test_changes_since_a_previous_manifest() -> None:

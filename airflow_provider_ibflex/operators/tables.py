@@ -65,9 +65,10 @@ def default_name(uri: str, context: Context) -> str:
 class IBFlexStatementToTablesOperator(BaseOperator):
     """Convert a landed Flex statement into one typed table per (section, row element).
 
-    Tables land under ``destination`` as ``section=<Section>/element=<Element>/<name>.<format>``,
+    Tables land under ``destination`` as ``section=<Section>/element=<Element>/<name>.<run>.<format>``,
     the layout partition-aware engines (DuckDB, Spark, pyarrow datasets) read as columns; the manifest
-    goes last to ``_manifests/<name>.json`` and is the task's XCom (never rows). Outlets get Asset
+    goes last to ``_manifests/<name>.json``, publishing the set (a rerun's files replace the previous
+    run's only then), and is the task's XCom (never rows). Outlets get Asset
     events: one made with ``table_asset`` carries its table's row count and file, any other the
     manifest's summary. Input that cannot be converted without loss fails the task without retries
     and writes nothing.
@@ -201,6 +202,14 @@ class IBFlexStatementToTablesOperator(BaseOperator):
             else:
                 extra.update(tables={name: entry["rows"] for name, entry in tables.items()})
             extra["manifest"] = manifest.get("uri")
+        added = manifest.get("changes", {}).get("new_columns")
+        if added:
+            # Readers that take a folder's schema from its first (older) file would not see these.
+            self.log.warning(
+                "Columns new since the previous manifest: %s. Read the tables with read_table() or by "
+                "column name (DuckDB union_by_name) to see them beside older files.",
+                added,
+            )
         self.log.info(
             "Wrote %d rows in %d tables under %s; manifest %s",
             manifest.get("rows", 0),

@@ -2,15 +2,13 @@
 
 Two passes, bounded memory: the statement is read once as a stream and its rows are spooled locally
 by table (``collect``); then each table is written, typed, from its spool (``values``). Each file is
-written atomically (``atomic``) and the manifest last, so a reader that starts from the manifest only
-sees complete conversions; on failure, what this conversion wrote is removed.
+written atomically (``atomic``) under a name unique to the run, and the set is published by the
+manifest, written last (``publish``): a reader that starts from the manifests only sees whole sets.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
 import posixpath
 import tempfile
@@ -26,12 +24,22 @@ from defusedxml import DefusedXmlException
 
 from airflow_provider_ibflex.atomic import atomic_open
 from airflow_provider_ibflex.protocol.bodies import HEAD_BYTES, BodyKind, classify_body
+from airflow_provider_ibflex.tables import catalogue
 from airflow_provider_ibflex.tables import values as typing_
-from airflow_provider_ibflex.tables.collect import SECTION, STATEMENT_COLUMNS, Table, TableCollector
+from airflow_provider_ibflex.tables.collect import (
+    ACCOUNT,
+    CARRIED_KINDS,
+    ROW_NUMBER,
+    SECTION,
+    STATEMENT_COLUMNS,
+    Table,
+    TableCollector,
+)
 from airflow_provider_ibflex.tables.csvrows import read_csv
 from airflow_provider_ibflex.tables.errors import FlexTablesError
-from airflow_provider_ibflex.tables.layout import manifest_path, table_folder
+from airflow_provider_ibflex.tables.layout import table_folder
 from airflow_provider_ibflex.tables.manifest import MANIFEST_VERSION, changes_since, table_entry
+from airflow_provider_ibflex.tables.publish import Publication, check_file_name
 from airflow_provider_ibflex.tables.xmlrows import read_xml
 
 log = logging.getLogger(__name__)
@@ -63,11 +71,14 @@ def convert_statement(
     expected_sha256: str | None = None,
     spool_folder: str | None = None,
 ) -> dict[str, Any]:
-    """Convert a statement into one table per (section, row element) under ``destination`` and
-    return the manifest, which is also written to ``<destination>/_manifests/<name>.json``.
+    """Convert a statement into one table per (section, row element) under ``destination``, publish
+    them as one set, and return the manifest, which is written last to
+    ``<destination>/_manifests/<name>.json``.
 
     Tables are laid out for partition-aware engines:
-    ``<destination>/section=<Section>/element=<Element>/<name>.<parquet|csv>``.
+    ``<destination>/section=<Section>/element=<Element>/<name>.<run>.<parquet|csv>``, where ``<run>``
+    is this conversion's id. A rerun under the same name replaces the previous run's set once the new
+    one is published (see ``publish``); a run that fails leaves the previous set as it was.
 
     :param source: the landed statement (URL, local path, or ObjectStoragePath).
     :param destination: the folder the tables go under (URL, local path, or ObjectStoragePath).
@@ -82,9 +93,7 @@ def convert_statement(
     source_fs, source_path = locate(source)
     dest_fs, dest_path = locate(destination)
     dest_path = dest_path.rstrip("/")
-    stem = name or posixpath.basename(source_path).rsplit(".", 1)[0]
-    if not stem or "/" in stem:
-        raise FlexTablesError(f"name {stem!r} cannot name a file; give a plain name such as '2026-11-20'")
+    stem = check_file_name(name or posixpath.basename(source_path).rsplit(".", 1)[0])
     with tempfile.TemporaryDirectory(prefix="ibflex-tables-", dir=spool_folder) as spool:
         collector = TableCollector(spool)
         with source_fs.open(source_path, "rb") as handle:
@@ -96,35 +105,45 @@ def convert_statement(
                 f"{source_path} is not the statement that landed: its sha256 is {reader.hexdigest()}, "
                 f"the sensor recorded {expected_sha256}. It was changed since; download it again."
             )
-        statements = _check_count(kind, outer, collector)
+        publication = Publication(dest_fs, dest_path, stem)
+        tables = sorted(collector.tables.values(), key=lambda t: t.name)
+        folders = {table.name: table_folder(dest_path, table.section, table.element) for table in tables}
+        paths = {name: publication.file_path(folder, output_format) for name, folder in folders.items()}
         manifest: dict[str, Any] = {
             "manifest_version": MANIFEST_VERSION,
-            "source": {"uri": source_fs.unstrip_protocol(source_path), "format": kind},
-            "query": {key: outer[key] for key in ("queryName", "type") if key in outer},
-            "statements": statements,
+            "name": stem,
+            "run": publication.run,
+            "source": {
+                "uri": source_fs.unstrip_protocol(source_path),
+                "format": kind,
+                "size": reader.size,
+                "sha256": reader.hexdigest(),
+            },
+            "response": outer,
+            "query": _query(outer),
+            "statements": _check_count(kind, outer, collector),
             "format": output_format,
             "destination": dest_fs.unstrip_protocol(dest_path),
             "tables": {},
         }
-        written: list[str] = []
+        publication.begin(paths.values())
         try:
-            for table in sorted(collector.tables.values(), key=lambda t: t.name):
-                folder = table_folder(dest_path, table.section, table.element)
-                path = posixpath.join(folder, f"{stem}.{output_format}")
-                columns = write_table(table, dest_fs, path, output_format, written)
+            for table in tables:
+                path = paths[table.name]
+                columns = write_table(table, dest_fs, path, output_format)
+                publication.wrote(path)
                 manifest["tables"][table.name] = table_entry(
                     table.section, table.element, dest_fs.unstrip_protocol(path), table.rows, columns
                 )
-            manifest["rows"] = sum(table.rows for table in collector.tables.values())
+            manifest["rows"] = sum(table.rows for table in tables)
             if previous_manifest is not None:
                 manifest["changes"] = changes_since(previous_manifest, manifest["tables"])
-            manifest_at = manifest_path(dest_path, stem)
-            manifest["uri"] = dest_fs.unstrip_protocol(manifest_at)
-            with atomic_open(dest_fs, manifest_at) as out:
-                out.write(json.dumps(manifest, indent=2).encode())
+            manifest["uri"] = dest_fs.unstrip_protocol(publication.manifest_path)
+            publication.commit(manifest)
         except BaseException:
-            _remove(dest_fs, written)
+            publication.abort()
             raise
+        publication.retire()
     return manifest
 
 
@@ -137,10 +156,12 @@ class HashingReader:
     def __init__(self, handle: IO[bytes]) -> None:
         self._handle = handle
         self._sha = hashlib.sha256()
+        self.size = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._handle.read(size)
         self._sha.update(data)
+        self.size += len(data)
         return data
 
     def seek(self, offset: int) -> None:
@@ -148,12 +169,13 @@ class HashingReader:
             raise ValueError("only a rewind to the start is supported")
         self._handle.seek(0)
         self._sha = hashlib.sha256()
+        self.size = 0
 
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
 
 
-def _read(handle: Any, collector: TableCollector, path: str) -> tuple[str, dict[str, str]]:
+def _read(handle: Any, collector: TableCollector, path: str) -> tuple[str, dict[str, dict[str, str]]]:
     head = handle.read(HEAD_BYTES)
     handle.seek(0)
     # What the bytes are is the protocol core's call, as for every body the service sends.
@@ -180,11 +202,20 @@ def _read(handle: Any, collector: TableCollector, path: str) -> tuple[str, dict[
     return kind, outer
 
 
-def _check_count(kind: str, outer: dict[str, str], collector: TableCollector) -> dict[str, Any]:
-    """The FlexStatements count check: every statement the response declares was read."""
+def _query(outer: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """The query's name and type, from the XML root or the CSV BOF record."""
+    found = {**outer.get("BOF", {}), **outer.get("FlexQueryResponse", {})}
+    return {key: found[key] for key in ("queryName", "type") if key in found}
+
+
+def _check_count(
+    kind: str, outer: Mapping[str, Mapping[str, str]], collector: TableCollector
+) -> dict[str, Any]:
+    """The FlexStatements count check (every statement the response declares was read), and every
+    statement's own attributes, as written."""
     found = len(collector.statements)
-    declared_text = outer.get("count")
-    declared = int(declared_text) if declared_text and declared_text.isdigit() else None
+    declared_text = outer.get("FlexStatements", outer.get("BOF", {})).get("count", "")
+    declared = int(declared_text) if declared_text.isascii() and declared_text.isdigit() else None
     if kind == "xml" and declared is not None and declared != found:
         raise FlexTablesError(
             f"FlexStatements declares {declared} statements but {found} were found; the statement "
@@ -194,46 +225,64 @@ def _check_count(kind: str, outer: dict[str, str], collector: TableCollector) ->
         "declared": declared,
         "found": found,
         "check": "not declared" if declared is None else "passed" if kind == "xml" else "not checked",
-        "accounts": sorted({s.get("accountId", "") for s in collector.statements} - {""}),
-        "periods": [
-            {key: s[key] for key in ("accountId", *STATEMENT_COLUMNS) if key in s}
-            for s in collector.statements
-        ],
+        "accounts": sorted({s.get(ACCOUNT, "") for s in collector.statements} - {""}),
+        "periods": [dict(s) for s in collector.statements],
     }
 
 
 def plan_table(table: Table) -> list[typing_.ColumnPlan]:
-    """The columns a table is written with, in order: its section, its rows' attributes in the order
-    first seen, then the statement's dates.
+    """The columns a table is written with, in a stable order: ``section`` and ``rowNumber``, the
+    row element's attributes in the catalogue's order, attributes the catalogue does not list for it
+    in the order first seen, then what every row carries (its account, its statement's dates and
+    period). The plan depends on the column names only, never on the values.
 
     :param table: the collected table.
     """
-    carried = [SECTION, *STATEMENT_COLUMNS.values()]
-    names = [SECTION, *(n for n in table.columns if n not in carried), *carried[1:]]
-    return [typing_.decide(n, table.columns[n]) for n in names if n in table.columns]
+    order = {name: index for index, name in enumerate(catalogue.ELEMENT_ATTRIBUTES.get(table.element, ()))}
+    known = sorted((n for n in table.columns if n in order), key=order.__getitem__)
+    unknown = [n for n in table.columns if n not in order]
+    carried = [*STATEMENT_COLUMNS.values()]
+    if table.carries_account and ACCOUNT not in table.columns:
+        carried.insert(0, ACCOUNT)
+    plans = [typing_.plan_column(SECTION, "string"), typing_.plan_column(ROW_NUMBER, "integer")]
+    plans += [typing_.plan_column(name) for name in (*known, *unknown)]
+    plans += [typing_.plan_column(name, CARRIED_KINDS[name]) for name in carried]
+    return plans
 
 
-def write_table(
-    table: Table, fs: Any, path: str, output_format: str, written: list[str]
-) -> list[tuple[str, str]]:
+def table_schema(plans: list[typing_.ColumnPlan]) -> pa.Schema:
+    """The Arrow schema of a table's plans: each typed column followed by its raw companion.
+
+    :param plans: the table's column plans (``plan_table``).
+    """
+    fields = []
+    for plan in plans:
+        fields.append(pa.field(plan.name, plan.type))
+        if plan.raw:
+            fields.append(pa.field(plan.name + typing_.RAW_SUFFIX, pa.string()))
+    return pa.schema(fields)
+
+
+def write_table(table: Table, fs: Any, path: str, output_format: str) -> list[tuple[str, str]]:
     """Write one table from its spool, typed, atomically; return its columns' names and types.
 
     :param table: the collected table.
     :param fs: the destination filesystem.
     :param path: the file's path on it.
     :param output_format: ``parquet`` or ``csv``.
-    :param written: paths written so far (appended to once this one is).
     """
     plans = plan_table(table)
-    fields = []
-    for plan in plans:
-        fields.append(pa.field(plan.name, plan.type))
-        if plan.raw:
-            fields.append(pa.field(plan.name + typing_.RAW_SUFFIX, pa.string()))
-    schema = pa.schema(fields)
+    schema = table_schema(plans)
     with atomic_open(fs, path) as handle:
         writer: Any = (
-            pq.ParquetWriter(handle, schema, compression="snappy")
+            pq.ParquetWriter(
+                handle,
+                schema,
+                compression="snappy",
+                # Row numbers only grow: delta encoding stores them in almost nothing.
+                use_dictionary=[name for name in schema.names if name != ROW_NUMBER],
+                column_encoding={ROW_NUMBER: "DELTA_BINARY_PACKED"},
+            )
             if output_format == "parquet"
             else pa_csv.CSVWriter(handle, schema)
         )
@@ -249,7 +298,6 @@ def write_table(
         if held or not table.rows:
             writer.write_table(pa.Table.from_batches(held, schema))
         writer.close()
-    written.append(path)
     return [(f.name, str(f.type)) for f in schema]
 
 
@@ -263,9 +311,3 @@ def _typed(batch: pa.RecordBatch, plans: list[typing_.ColumnPlan], schema: pa.Sc
         if plan.raw:
             arrays.append(raw if raw is not None else pa.nulls(batch.num_rows, pa.string()))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _remove(fs: Any, paths: list[str]) -> None:
-    for path in paths:
-        with contextlib.suppress(Exception):
-            fs.rm(path)

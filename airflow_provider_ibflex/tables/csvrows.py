@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from typing import IO
 
+from airflow_provider_ibflex.tables.collect import check_plain_name
 from airflow_provider_ibflex.tables.errors import FlexTablesError
 from airflow_provider_ibflex.tables.xmlrows import READ_SIZE, RowSink
 
@@ -56,8 +57,12 @@ class _Section:
     def __init__(self, code: str, label: str, numbered: bool = False) -> None:
         known = SECTION_CODES.get(code)
         self.numbered = numbered
+        self.code = code if numbered else check_plain_name(code, "CSV section code")
+        # A label is free text ("Cash Report; trade date basis"): its first part, without spaces or
+        # punctuation, names the section, and must then be a plain name.
         named = re.sub(r"[^0-9A-Za-z]", "", label.split(";")[0]) if label else ""
-        self.code = code
+        if named and not known:
+            check_plain_name(named, f"CSV section label ({label!r} gives)")
         self.name, self.element = known or (named or code, named or code)
         self.header: tuple[str, ...] | None = None
         self.level = -1  # index of LevelOfDetail in the header (trades)
@@ -74,9 +79,10 @@ class _Section:
         return self.element
 
 
-def read_csv(source: IO[bytes], sink: RowSink, read_size: int = READ_SIZE) -> dict[str, str]:
-    """Read a CSV statement, handing statements and rows to ``sink``; return what the ``BOF`` record
-    says (``accountId``, ``queryName``, ``fromDate``, ``toDate``, ``whenGenerated``), if it has one.
+def read_csv(source: IO[bytes], sink: RowSink, read_size: int = READ_SIZE) -> dict[str, dict[str, str]]:
+    """Read a CSV statement, handing statements and rows to ``sink``; return what its ``BOF`` record
+    says (``accountId``, ``queryName``, ``count``, ``fromDate``, ``toDate``, ``whenGenerated``) under
+    the key ``BOF``, if it has one.
 
     :param source: the statement's bytes.
     :param sink: receives statements and rows.
@@ -137,7 +143,7 @@ def read_csv(source: IO[bytes], sink: RowSink, read_size: int = READ_SIZE) -> di
             f"line {records.line_num}: not valid CSV ({exc}); the statement is damaged or not a "
             "Flex CSV statement. Download it again."
         ) from None
-    return outer
+    return {"BOF": outer} if outer else {}
 
 
 def _names(header: list[str], number: int) -> list[str]:

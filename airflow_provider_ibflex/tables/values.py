@@ -1,19 +1,18 @@
 """How a Flex attribute's text becomes a typed column, as pure functions over Arrow arrays.
 
-A column is typed only where its type is certain: its name is a Flex attribute of known type
-(``catalogue``) and it is not an identifier; unknown attributes stay text. Within a typed column,
-the null spellings (``""``, ``-``, ``--``, ``N/A``) become null, and a value that does not fit the
-type becomes null too while its raw text survives in a companion ``<name>__raw`` column. Everything
-else stays the exact text.
-
-Conversion runs in two passes over the same batches: ``observe`` gathers a ``ColumnStats`` per batch,
-``decide`` turns the merged stats into a ``ColumnPlan``, and ``convert`` applies the plan.
+A column's type depends only on its name, never on the day's values, so every file the converter
+writes gives a column one type and files read together never change a value. A column is typed only
+where its type is certain: its name is a Flex attribute of known type (``catalogue``) and it is not
+an identifier; every other attribute stays text, exactly as written. Within a typed column the null
+spellings (``""``, ``-``, ``--``, ``N/A``) become null, and a value that does not fit the type (a date
+written ``MULTI``, a number with more decimals than the fixed scale) becomes null while its exact
+text survives in the companion ``<name>__raw`` column, which every typed column has in every file.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -24,7 +23,23 @@ NULL_SPELLINGS = ("", "-", "--", "N/A")
 TRUE_SPELLINGS = ("Y", "Yes")
 FALSE_SPELLINGS = ("N", "No")
 RAW_SUFFIX = "__raw"
+# One decimal type for every decimal attribute (see the README): Flex writes amounts, prices, rates
+# and quantities with at most 9 decimals in the statements we know; 10 leaves one more, and 28
+# integer digits hold any amount. A value needing more is kept whole in its raw column, never rounded.
 DECIMAL_PRECISION = 38
+DECIMAL_SCALE = 10
+DECIMAL_TYPE = pa.decimal128(DECIMAL_PRECISION, DECIMAL_SCALE)
+# Times in milliseconds, as Parquet stores them. ``integer`` is the converter's own row number; every
+# other typed kind is parsed from text and has a raw companion.
+KIND_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "integer": pa.int64(),
+    "decimal": DECIMAL_TYPE,
+    "date": pa.date32(),
+    "datetime": pa.timestamp("ms"),
+    "time": pa.time32("ms"),
+    "boolean": pa.bool_(),
+}
 
 # Flex's date formats (query settings) with the regular expression that must match the whole value
 # (strptime alone is lenient: it reads "2026112" as 2026-11-02).
@@ -69,8 +84,12 @@ def _formats() -> tuple[Format, ...]:
 
 FORMATS = _formats()
 _COMPILED = tuple((re.compile(f.pattern), f) for f in FORMATS)
-DECIMAL_PATTERN = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
-_DECIMAL_RE = f"^{DECIMAL_PATTERN}$"
+# A number Flex writes (thousands separators allowed) that the decimal type holds exactly: at most
+# 28 integer digits after leading zeros, at most 10 decimals after dropping trailing zeros.
+_DECIMAL_FITS = (
+    r"^[-+]?0*(?:\d{1,28}|\d{1,3}(?:,\d{3}){1,8}|\d(?:,\d{3}){9})"
+    rf"(?:\.\d{{1,{DECIMAL_SCALE}}}0*)?$"
+)
 _IDENTIFIER_WORDS = ("conid", "cusip", "isin", "figi", "sedol", "securityid", "serialnumber", "account")
 
 
@@ -96,7 +115,8 @@ def is_identifier(name: str) -> bool:
 
 
 def declared_kind(name: str) -> str:
-    """The kind of a column by its name: ``decimal``, ``temporal``, ``time``, ``boolean`` or ``string``.
+    """The kind of a column by its name: ``decimal``, ``date``, ``datetime``, ``time``, ``boolean``
+    or ``string``.
 
     CSV headers (``TradePrice``, ``Buy/Sell``) are matched to the XML attribute names they stand for.
 
@@ -121,59 +141,44 @@ def _catalogue_key(name: str) -> str:
 _KINDS = (
     ("boolean", catalogue.BOOLEAN_NAMES),
     ("decimal", catalogue.DECIMAL_NAMES),
-    ("temporal", catalogue.TEMPORAL_NAMES),
+    ("date", catalogue.DATE_NAMES),
+    ("datetime", catalogue.DATETIME_NAMES),
     ("time", catalogue.TIME_NAMES),
 )
 _ALL_NAMES = frozenset().union(*(names for _, names in _KINDS))
 _LOWERED = {name.lower(): name for name in _ALL_NAMES}
 
 
-@dataclass
-class ColumnStats:
-    """What one pass over a column's values found (merged over batches with ``merge``).
-
-    :param kind: the declared kind.
-    :param values: values present and not a null spelling.
-    :param fits: of those, values that fit the kind.
-    :param scale: the most digits after the decimal point (decimals).
-    :param integer_digits: the most digits before it (decimals).
-    :param formats: strptime formats seen (temporal and time columns).
-    """
-
-    kind: str
-    values: int = 0
-    fits: int = 0
-    scale: int = 0
-    integer_digits: int = 0
-    formats: set[str] = field(default_factory=set)
-
-    def merge(self, other: ColumnStats) -> ColumnStats:
-        return replace(
-            self,
-            values=self.values + other.values,
-            fits=self.fits + other.fits,
-            scale=max(self.scale, other.scale),
-            integer_digits=max(self.integer_digits, other.integer_digits),
-            formats=self.formats | other.formats,
-        )
-
-
 @dataclass(frozen=True)
 class ColumnPlan:
-    """How a column is written.
+    """How a column is written: a function of its name (and, for the columns every row carries,
+    of what they are), never of its values.
 
     :param name: the column's name.
-    :param type: its Arrow type (times in milliseconds, as Parquet stores them).
     :param kind: its kind (``string`` when it is kept as text).
-    :param formats: strptime formats to try, in order (temporal and time columns).
-    :param raw: whether a ``<name>__raw`` column keeps values that did not fit.
     """
 
     name: str
-    type: pa.DataType
     kind: str = "string"
-    formats: tuple[str, ...] = ()
-    raw: bool = False
+
+    @property
+    def type(self) -> pa.DataType:
+        """Its Arrow type."""
+        return KIND_TYPES[self.kind]
+
+    @property
+    def raw(self) -> bool:
+        """Whether a ``<name>__raw`` column keeps values that do not fit (every typed column)."""
+        return self.kind not in ("string", "integer")
+
+
+def plan_column(name: str, kind: str | None = None) -> ColumnPlan:
+    """The plan of a column: its declared kind, or ``kind`` if given.
+
+    :param name: the column's name.
+    :param kind: a kind that overrides the name's (for the columns every row carries).
+    """
+    return ColumnPlan(name, kind or declared_kind(name))
 
 
 def present(values: pa.Array) -> pa.Array:
@@ -184,160 +189,77 @@ def present(values: pa.Array) -> pa.Array:
     return pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, pa.array(NULL_SPELLINGS))))
 
 
-def observe(kind: str, values: pa.Array) -> ColumnStats:
-    """Gather a column's stats from one batch of its values (first pass).
-
-    :param kind: the column's declared kind (see ``declared_kind``).
-    :param values: the batch's values, as strings (nulls where the attribute was absent).
-    """
-    stats = ColumnStats(kind)
-    if kind == "string":
-        return stats
-    if kind == "decimal":
-        # Numbers are most values, and no null spelling is one: only what does not match is
-        # looked at again (a few values), so a decimal column costs one regex pass.
-        fit = pc.fill_null(pc.match_substring_regex(values, _DECIMAL_RE), False)
-        numbers = pc.filter(values, fit)
-        stats.fits = len(numbers)
-        stats.values = stats.fits + _count(present(pc.filter(values, pc.invert(fit))))
-        if stats.fits:
-            stats.scale, stats.integer_digits = _decimal_extent(numbers)
-        return stats
-    there = present(values)
-    stats.values = _count(there)
-    if not stats.values:
-        return stats
-    if kind == "boolean":
-        stats.fits = _count(pc.and_(there, _boolean_spelling(values)))
-    else:
-        _, fit, used = _parse_distinct(values, kind, None)
-        stats.fits = _count(fit)
-        stats.formats = set(used)
-    return stats
-
-
-def decide(name: str, stats: ColumnStats) -> ColumnPlan:
-    """Turn a column's merged stats into the plan it is written with (pure; no values needed).
-
-    :param name: the column's name.
-    :param stats: its stats over the whole table.
-    """
-    text = ColumnPlan(name, pa.string())
-    if stats.kind == "string":
-        return text
-    # The declared type holds whatever the values are, so the schema does not change from day to
-    # day; values that do not fit survive as text in the raw column.
-    raw = stats.fits < stats.values
-    if stats.kind == "boolean":
-        return ColumnPlan(name, pa.bool_(), "boolean", raw=raw)
-    if stats.kind == "decimal":
-        if stats.integer_digits + stats.scale > DECIMAL_PRECISION:
-            return text
-        return ColumnPlan(name, pa.decimal128(DECIMAL_PRECISION, stats.scale), "decimal", raw=raw)
-    ordered = tuple(f.strptime for f in FORMATS if f.strptime in stats.formats)
-    if stats.kind == "time":
-        return ColumnPlan(name, pa.time32("ms"), "time", ordered, raw)
-    # A date-time attribute stays a timestamp on a day all its values are dates (no schema drift).
-    named = "time" in name.lower() or "when" in name.lower()
-    with_time = named or any(f.has_time for f in FORMATS if f.strptime in stats.formats)
-    return ColumnPlan(name, pa.timestamp("ms") if with_time else pa.date32(), "temporal", ordered, raw)
-
-
 def convert(plan: ColumnPlan, values: pa.Array) -> tuple[pa.Array, pa.Array | None]:
-    """Apply a plan to a batch's values (second pass): the typed column and, if planned, its raw
-    companion holding the values that did not fit.
+    """Apply a plan to a batch's values: the typed column and, for a typed column, its raw companion
+    holding the exact text of the values that did not fit (null elsewhere).
 
     :param plan: the column's plan.
-    :param values: the batch's values, as strings.
+    :param values: the batch's values, as strings (nulls where the attribute was absent).
     """
-    if plan.kind == "string":
+    if not plan.raw:
         return values, None
     there = present(values)
     if plan.kind == "boolean":
-        fit = pc.and_(there, _boolean_spelling(values))
+        fit = pc.and_(there, pc.is_in(values, pa.array(TRUE_SPELLINGS + FALSE_SPELLINGS)))
         typed = pc.if_else(fit, pc.is_in(values, pa.array(TRUE_SPELLINGS)), pa.scalar(None, pa.bool_()))
     elif plan.kind == "decimal":
-        # Without misfits (the first pass counted them) every present value is a number.
-        fit = there if not plan.raw else pc.and_(there, pc.match_substring_regex(values, _DECIMAL_RE))
+        fit = pc.fill_null(pc.match_substring_regex(values, _DECIMAL_FITS), False)
         digits = pc.replace_substring(pc.if_else(fit, values, pa.scalar(None, pa.string())), ",", "")
         typed = pc.cast(digits, plan.type)
     else:
-        parsed, fit, _ = _parse_distinct(values, plan.kind, plan.formats)
+        parsed, fit = _parse_distinct(values, plan.kind)
         typed = pc.cast(parsed, plan.type)
-    raw = None
-    if plan.raw:
-        raw = pc.if_else(pc.and_(there, pc.invert(fit)), values, pa.scalar(None, pa.string()))
+    raw = pc.if_else(pc.and_(there, pc.invert(fit)), values, pa.scalar(None, pa.string()))
     return typed, raw
 
 
-def _count(mask: pa.Array) -> int:
-    return int(pc.sum(pc.cast(mask, pa.int64())).as_py() or 0)
-
-
-def _boolean_spelling(values: pa.Array) -> pa.Array:
-    return pc.is_in(values, pa.array(TRUE_SPELLINGS + FALSE_SPELLINGS))
-
-
-def _decimal_extent(values: pa.Array) -> tuple[int, int]:
-    scale, integer = _digits_around_point(values)
-    if scale + integer > DECIMAL_PRECISION:  # counted signs and commas too: count digits only
-        scale, integer = _digits_around_point(pc.replace_substring_regex(values, r"[^0-9.]", ""))
-    return scale, integer
-
-
-def _digits_around_point(digits: pa.Array) -> tuple[int, int]:
-    length = pc.utf8_length(digits)
-    dot = pc.find_substring(digits, ".")
-    has_dot = pc.greater_equal(dot, 0)
-    scale = pc.if_else(has_dot, pc.subtract(pc.subtract(length, dot), 1), 0)
-    integer = pc.if_else(has_dot, dot, length)
-    return int(pc.max(scale).as_py() or 0), int(pc.max(integer).as_py() or 0)
-
-
-def _parse_distinct(
-    values: pa.Array, kind: str, formats: tuple[str, ...] | None
-) -> tuple[pa.Array, pa.Array, list[str]]:
+def _parse_distinct(values: pa.Array, kind: str) -> tuple[pa.Array, pa.Array]:
     """``_parse_temporal`` over a column's distinct values only: dates repeat on every row."""
     encoded = pc.dictionary_encode(values)
     distinct = encoded.dictionary
-    parsed, fit, used = _parse_temporal(distinct, present(distinct), kind, formats)
+    parsed, fit = _parse_temporal(distinct, present(distinct), kind)
     indices = encoded.indices
-    return parsed.take(indices), pc.fill_null(fit.take(indices), False), used
+    return parsed.take(indices), pc.fill_null(fit.take(indices), False)
 
 
 # Distinct values probed for their format before the rest of a batch counts as not fitting.
 _MAX_PROBES = 16
 
 
-def _parse_temporal(
-    values: pa.Array, there: pa.Array, kind: str, formats: tuple[str, ...] | None
-) -> tuple[pa.Array, pa.Array, list[str]]:
+def _wanted(kind: str) -> dict[str, Format]:
+    """The formats a kind's values may be written in: a date column takes dates only (a time would
+    be lost), a date-time column dates too (a date is its midnight), a time column times."""
+    if kind == "date":
+        chosen = [f for f in FORMATS if f.has_date and not f.has_time]
+    elif kind == "datetime":
+        chosen = [f for f in FORMATS if f.has_date]
+    else:
+        chosen = [f for f in FORMATS if not f.has_date]
+    return {f.strptime: f for f in chosen}
+
+
+_WANTED = {kind: _wanted(kind) for kind in ("date", "datetime", "time")}
+
+
+def _parse_temporal(values: pa.Array, there: pa.Array, kind: str) -> tuple[pa.Array, pa.Array]:
     """Parse dates, times or date-times written in any Flex format, a format at a time.
 
-    With ``formats`` None (first pass), formats are found by probing one unparsed value at a time
-    with ``temporal_format``, so a column in one format costs one vectorised parse.
+    Formats are found by probing one unparsed value at a time with ``temporal_format``, so a column
+    in one format costs one vectorised parse.
     """
-    wanted = {f.strptime: f for f in FORMATS if (f.has_date if kind == "temporal" else not f.has_date)}
+    wanted = _WANTED[kind]
     parsed = pa.nulls(len(values), pa.timestamp("s"))
     fit = pc.and_(there, pa.scalar(False))
     left = there
-    used: list[str] = []
     tried: set[str] = set()
-    queue = list(formats) if formats is not None else []
     for _ in range(len(wanted) + _MAX_PROBES):
-        if formats is None:
-            if not pc.any(left).as_py():
-                break
-            probe = pc.filter(values, left)[0].as_py()
-            found = temporal_format(probe)
-            if found is None or found.strptime not in wanted or found.strptime in tried:
-                left = pc.and_(left, pc.not_equal(values, probe))
-                continue
-            fmt = found
-        else:
-            if not queue:
-                break
-            fmt = wanted[queue.pop(0)]
+        if not pc.any(left).as_py():
+            break
+        probe = pc.filter(values, left)[0].as_py()
+        fmt = temporal_format(probe)
+        if fmt is None or fmt.strptime not in wanted or fmt.strptime in tried:
+            left = pc.and_(left, pc.not_equal(values, probe))
+            continue
         tried.add(fmt.strptime)
         match = pc.and_(left, pc.match_substring_regex(values, f"^{fmt.pattern}$"))
         stamps = pc.strptime(
@@ -351,9 +273,7 @@ def _parse_temporal(
         again = pc.strftime(stamps, format=fmt.strptime)
         same = pc.equal(pc.utf8_lower(again), pc.utf8_lower(values))
         good = pc.fill_null(pc.and_(match, same), False)
-        if pc.any(good).as_py():
-            used.append(fmt.strptime)
-            parsed = pc.if_else(good, stamps, parsed)
-            fit = pc.or_(fit, good)
+        parsed = pc.if_else(good, stamps, parsed)
+        fit = pc.or_(fit, good)
         left = pc.and_(left, pc.invert(match))
-    return parsed, pc.fill_null(fit, False), used
+    return parsed, pc.fill_null(fit, False)

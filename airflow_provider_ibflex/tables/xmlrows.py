@@ -37,15 +37,16 @@ class _NoTarget:
         return None
 
 
-def read_xml(source: IO[bytes], sink: RowSink, read_size: int = READ_SIZE) -> dict[str, str]:
-    """Read an XML statement, handing statements and rows to ``sink``; return the root's and
-    ``FlexStatements``' attributes (``queryName``, ``type``, ``count``).
+def read_xml(source: IO[bytes], sink: RowSink, read_size: int = READ_SIZE) -> dict[str, dict[str, str]]:
+    """Read an XML statement, handing statements and rows to ``sink``; return the attributes of the
+    elements around the statements, by element (``FlexQueryResponse``: ``queryName``, ``type``;
+    ``FlexStatements``: ``count``).
 
     :param source: the statement's bytes.
     :param sink: receives statements and rows.
     :param read_size: bytes read at a time.
     """
-    outer: dict[str, str] = {}
+    outer: dict[str, dict[str, str]] = {}
     depth = 0
     statement_depth = -1  # depth of the open FlexStatement, -1 outside one
     section = ""
@@ -56,6 +57,8 @@ def read_xml(source: IO[bytes], sink: RowSink, read_size: int = READ_SIZE) -> di
     def start(tag: str, flat: list[str]) -> None:
         nonlocal depth, statement_depth, section
         depth += 1
+        if "}" in tag:  # expat reports a namespaced element as "uri}name"
+            _refuse_namespace(tag)
         if statement_depth > 0:
             if depth == statement_depth + 1:
                 section = tag
@@ -65,7 +68,7 @@ def read_xml(source: IO[bytes], sink: RowSink, read_size: int = READ_SIZE) -> di
             statement_depth = depth
             sink.statement(dict(zip(flat[::2], flat[1::2], strict=True)))
         elif flat:
-            outer.update(zip(flat[::2], flat[1::2], strict=True))
+            outer.setdefault(tag, {}).update(zip(flat[::2], flat[1::2], strict=True))
 
     def end(tag: str) -> None:
         nonlocal depth, statement_depth
@@ -91,3 +94,12 @@ def read_xml(source: IO[bytes], sink: RowSink, read_size: int = READ_SIZE) -> di
             )
     parser.close()
     return outer
+
+
+def _refuse_namespace(tag: str) -> None:
+    uri, _, name = tag.rpartition("}")
+    raise FlexTablesError(
+        f"the statement has an element {name!r} in the XML namespace {uri!r}; Flex statements use no "
+        "namespaces, and a namespaced name cannot name a table. Nothing was written: convert the "
+        "statement as Flex delivered it."
+    )
