@@ -8,7 +8,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_ibflex.protocol import (
@@ -85,3 +85,41 @@ def test_reader_never_raises_on_arbitrary_bytes(body: bytes, step: int, status: 
             assert outcome.kind == "retry"
         if outcome.kind == "statement":
             assert status == 200, "a statement never comes with an error status"
+
+
+_ANY_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+def _element(name: str, text: str | None) -> str:
+    from xml.sax.saxutils import escape
+
+    return "" if text is None else f"<{name}>{escape(text)}</{name}>"
+
+
+@given(
+    st.sampled_from([2, 3]),
+    st.dictionaries(
+        st.sampled_from(["Status", "ErrorCode", "ErrorMessage", "ReferenceCode", "Url", "code", "url"]),
+        _ANY_TEXT,
+    ),
+    st.sampled_from(["send", "get"]),
+)
+@example(3, {"Status": "Fail", "ErrorCode": "²"}, "get")
+@example(3, {"Status": "Success", "ReferenceCode": "١٢٣"}, "send")
+@example(2, {"code": "٣"}, "send")
+@settings(max_examples=300, deadline=None)
+def test_reader_never_raises_on_envelopes_with_any_text_in_any_field(
+    version: int, fields: dict[str, str], call: str
+) -> None:
+    names = (
+        ["Status", "ErrorCode", "ErrorMessage", "ReferenceCode", "Url"] if version == 3 else ["code", "url"]
+    )
+    body = "<FlexStatementResponse>" + "".join(_element(n, fields.get(n)) for n in names)
+    body += "</FlexStatementResponse>"
+    reader = ResponseReader(200, call, endpoints_for(None))  # type: ignore[arg-type]
+    reader.feed(body.encode())
+    outcome = reader.end()
+    if outcome.code is not None:
+        assert isinstance(outcome.code, int)
+    if outcome.reference_code is not None:
+        assert outcome.reference_code.isascii() and outcome.reference_code.isdigit()

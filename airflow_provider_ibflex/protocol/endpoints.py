@@ -14,6 +14,7 @@ from airflow_provider_ibflex.protocol.service import (
     MAX_DATE_SPAN_DAYS,
     SUPPORTED_VERSIONS,
     TRUSTED_DOMAIN,
+    is_digits,
 )
 
 
@@ -82,7 +83,7 @@ def trusted_statement_url(returned_url: str | None, endpoints: Endpoints) -> str
 
 def _digits(value: object, requirement: str) -> str:
     text = str(value).strip() if value is not None else ""
-    if not text.isdigit() or not text.isascii():
+    if not is_digits(text):
         raise FlexInputError(f"{requirement}, got {value!r}")
     return text
 

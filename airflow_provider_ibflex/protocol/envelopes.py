@@ -10,7 +10,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from airflow_provider_ibflex.protocol.errors import FlexParseError, code_for_message
-from airflow_provider_ibflex.protocol.service import ENVELOPE_ROOT, MAX_ENVELOPE_BYTES
+from airflow_provider_ibflex.protocol.service import ENVELOPE_ROOT, MAX_ENVELOPE_BYTES, is_digits
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _parse_v3(values: Mapping[str, str]) -> Envelope:
     raw_code = values.get("errorcode") or None
     code: int | None = None
     if raw_code is not None:
-        code = int(raw_code) if raw_code.isdigit() else 0
+        code = int(raw_code) if is_digits(raw_code) else 0
     message = values.get("errormessage") or None
     reference = values.get("referencecode") or None
     status = values.get("status") or None
@@ -86,7 +86,7 @@ def _parse_v3(values: Mapping[str, str]) -> Envelope:
             raise FlexParseError(
                 f"the v3 envelope has neither ReferenceCode nor ErrorCode (Status {status!r})"
             )
-    if reference is not None and not reference.isdigit():
+    if reference is not None and not is_digits(reference):
         raise FlexParseError(f"the v3 envelope's ReferenceCode is not numeric: {reference[:40]!r}")
     return Envelope(3, status, reference, values.get("url") or None, code, message)
 
@@ -96,6 +96,6 @@ def _parse_v2(values: Mapping[str, str]) -> Envelope:
         raise FlexParseError("the envelope has no <code> (v2) nor <Status> (v3) element")
     code_text = values["code"]
     url = values.get("url") or None
-    if code_text.isdigit():
+    if is_digits(code_text):
         return Envelope(2, None, code_text, url, None, None)
     return Envelope(2, None, None, url, code_for_message(code_text) or 0, code_text or "Empty <code>.")

@@ -18,3 +18,12 @@ STATEMENT_END = b"</FlexQueryResponse>"
 # The service allows one request per second and ten per minute for each token.
 MIN_INTERVAL_SECONDS = 1.0
 MAX_REQUESTS_PER_MINUTE = 10
+
+
+def is_digits(text: str) -> bool:
+    """Whether ``text`` is a non-empty string of ASCII digits, as every number the service writes is
+    (``str.isdigit`` alone also accepts ``"²"`` or ``"٣"``, which ``int`` may refuse or misread).
+
+    :param text: the text.
+    """
+    return text.isascii() and text.isdigit()

@@ -24,6 +24,7 @@ from defusedxml import DefusedXmlException
 
 from airflow_provider_ibflex.atomic import atomic_open
 from airflow_provider_ibflex.protocol.bodies import HEAD_BYTES, BodyKind, classify_body
+from airflow_provider_ibflex.protocol.service import is_digits
 from airflow_provider_ibflex.tables import catalogue
 from airflow_provider_ibflex.tables import values as typing_
 from airflow_provider_ibflex.tables.collect import (
@@ -215,7 +216,7 @@ def _check_count(
     statement's own attributes, as written."""
     found = len(collector.statements)
     declared_text = outer.get("FlexStatements", outer.get("BOF", {})).get("count", "")
-    declared = int(declared_text) if declared_text.isascii() and declared_text.isdigit() else None
+    declared = int(declared_text) if is_digits(declared_text) else None
     if kind == "xml" and declared is not None and declared != found:
         raise FlexTablesError(
             f"FlexStatements declares {declared} statements but {found} were found; the statement "

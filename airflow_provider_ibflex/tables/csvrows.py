@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterator
 from typing import IO
 
+from airflow_provider_ibflex.protocol.service import is_digits
 from airflow_provider_ibflex.tables.collect import check_plain_name
 from airflow_provider_ibflex.tables.errors import FlexTablesError
 from airflow_provider_ibflex.tables.xmlrows import READ_SIZE, RowSink
@@ -169,7 +170,7 @@ def _emit(sink: RowSink, section: _Section, values: list[str], number: int) -> N
 
 def _check_section_count(section: _Section | None, record: list[str], number: int) -> None:
     declared = _at(record, 2)
-    if section is not None and declared.isdigit() and int(declared) != section.rows:
+    if section is not None and is_digits(declared) and int(declared) != section.rows:
         raise FlexTablesError(
             f"line {number}: section {section.name} declares {declared} rows but has {section.rows}; "
             "the statement is incomplete. Download it again."
@@ -185,7 +186,7 @@ def _bof(record: list[str]) -> dict[str, str]:
     fields = record[1:]
     info = {"accountId": _at(fields, 0), "queryName": _at(fields, 1)}
     rest = fields[2:]
-    if rest and rest[0].isdigit() and len(rest[0]) <= 4:
+    if rest and is_digits(rest[0]) and len(rest[0]) <= 4:
         info["count"] = rest[0]
         rest = rest[1:]
     for name, value in zip(("fromDate", "toDate", "whenGenerated"), rest, strict=False):
