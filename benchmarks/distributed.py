@@ -37,7 +37,7 @@ def ideal_schedule(queries: int, generation_seconds: float, limits: Limits = SER
         while True:
             state, grant = try_acquire(state, limits, at, ask)
             if grant.granted:
-                state = release(state, at, ask.holder)
+                state = release(state, at, ask.holder, limits)
                 return at
             at += grant.wait
 

@@ -23,6 +23,7 @@ from airflow_provider_ibflex.pacing.budget import (
     Ask,
     BudgetState,
     Limits,
+    Waiting,
     hold_off,
     release,
     token_key,
@@ -54,7 +55,7 @@ def run_sequence(limits: Limits, latencies: list[float], start: float = 0.0) -> 
             now += grant.wait
         turns.append((now, now + latency))
         now += latency
-        state = release(state, now, ask.holder)
+        state = release(state, now, ask.holder, limits)
     return turns
 
 
@@ -82,10 +83,12 @@ class TestBudgetArithmetic:
         assert first.granted
         state, second = try_acquire(state, LIMITS, 5.0, Ask("b"))
         assert not second.granted and second.reason == "in_flight" and second.wait == 1.0
-        # A lease outliving its timeouts belongs to a dead process: it lapses.
+        # A lease its holder stopped renewing belongs to a dead process: it lapses.
         state, third = try_acquire(state, LIMITS, 80.0, Ask("b"))
         assert third.granted
-        assert release(state, 81.0, "a") == state, "a lapsed holder cannot end someone else's turn"
+        late = release(state, 81.0, "a", LIMITS)
+        assert (late.holder, late.lease_until) == ("b", state.lease_until), "b's turn stays b's"
+        assert late.sent == (*state.sent, 81.0), "the late answer still counts"
 
     def test_hold_off_after_1018(self) -> None:
         state = hold_off(BudgetState(), 100.0)
@@ -99,24 +102,23 @@ class TestBudgetArithmetic:
         assert grant.granted, "one more leaves one spare"
         state = BudgetState(sent=tuple(float(t) for t in range(9)))
         after, grant = try_acquire(state, LIMITS, 10.0, Ask("a", keep_spare=1))
-        assert not grant.granted and grant.reason == "tight" and after == state
+        assert not grant.granted and grant.reason == "tight"
+        assert (after.sent, after.holder, after.queued) == (state.sent, None, ())
         after, grant = try_acquire(BudgetState(), LIMITS, 10.0, Ask("a", peek=True))
-        assert not grant.granted and grant.reason == "free" and after == BudgetState()
+        assert not grant.granted and grant.reason == "free" and (after.sent, after.holder) == ((), None)
 
     def test_polls_let_waiting_sendrequests_go_first(self) -> None:
         state, _ = try_acquire(BudgetState(), LIMITS, 0.0, Ask("first"))
-        state = release(state, 0.0, "first")
+        state = release(state, 0.0, "first", LIMITS)
         state, send = try_acquire(state, LIMITS, 0.5, Ask("send", urgent=True))
-        assert not send.granted and [(holder, urgent) for holder, _, urgent in state.queued] == [
-            ("send", True)
-        ]
+        assert not send.granted and [(w.holder, w.urgent) for w in state.queued] == [("send", True)]
         state, poll = try_acquire(state, LIMITS, 1.0, Ask("poll", keep_spare=1))
         assert not poll.granted and poll.reason == "queued"
         state, download = try_acquire(state, LIMITS, 1.0, Ask("download"))
         assert download.granted, "a download does not yield: its statement is ready"
-        state = release(state, 1.0, "download")
+        state = release(state, 1.0, "download", LIMITS)
         state, send = try_acquire(state, LIMITS, 2.0, Ask("send", urgent=True))
-        assert send.granted and [holder for holder, _, _ in state.queued] == ["poll"]
+        assert send.granted and [w.holder for w in state.queued] == ["poll"]
         # A place in the queue lapses once its caller has stopped asking (its process has gone).
         state, _ = try_acquire(BudgetState(sent=(0.0,)), LIMITS, 0.5, Ask("gone", urgent=True))
         state, poll = try_acquire(state, LIMITS, 10.0, Ask("poll", keep_spare=1))
@@ -124,7 +126,7 @@ class TestBudgetArithmetic:
 
     def test_a_poll_leaves_a_turn_for_every_waiting_caller(self) -> None:
         used = tuple(float(t) for t in range(5))  # 5 of 10 used: 4 to spare after one more
-        waiting = tuple((f"w{n}", 100.0, False) for n in range(4))
+        waiting = tuple(Waiting(f"w{n}", 100.0) for n in range(4))
         _, grant = try_acquire(
             BudgetState(sent=used, queued=waiting[:3]), LIMITS, 6.0, Ask("p", keep_spare=1)
         )
@@ -142,8 +144,16 @@ class TestBudgetArithmetic:
         assert len(state.sent) == 1
 
     def test_state_round_trips_through_json_and_survives_garbage(self) -> None:
-        state = BudgetState((1.5, 2.5), 9.0, "h", 80.0, (("s", 12.0, True),))
+        state = BudgetState((1.5, 2.5), 9.0, "h", 80.0, (Waiting("s", 12.0, True, 3),))
+        state = BudgetState(
+            *(state.sent, state.not_before, state.holder, state.lease_until, state.queued),
+            declared=((Limits(2.0, 5, 60.0), 900.0),),
+            created=1.0,
+            accounted=0.5,
+        )
         assert BudgetState.from_json(state.to_json()) == state
+        legacy = '{"sent": [1.5], "queued": [["s", 12.0, true]]}'  # written before weights
+        assert BudgetState.from_json(legacy).queued == (Waiting("s", 12.0, True, 1),)
         for junk in (None, "", b"{not json", "[1, 2]", '{"sent": "x"}'):
             assert BudgetState.from_json(junk) == BudgetState()
 
@@ -168,7 +178,7 @@ class TestBudgetArithmetic:
             now += pause
             for who, (holder, granted, due) in sorted(holding.items(), key=lambda kv: kv[1][2]):
                 if due <= now:
-                    state = release(state, due, holder)
+                    state = release(state, due, holder, limits)
                     turns.append((granted, due))
                     del holding[who]
             if client in holding:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import requests
 import tenacity
+import urllib3
 from airflow.sdk import BaseHook, ObjectStoragePath
 
 from airflow_provider_ibflex import logredact
@@ -123,6 +124,12 @@ class IBFlexHook(BaseHook):
             self._session.close()
             self._session = None
 
+    def on_kill(self) -> None:
+        """The task is being killed: give back any turn of the token this Hook holds, so that other
+        processes need not wait for its lease to lapse."""
+        if self._budget is not None:
+            self._budget.give_back_all()
+
     def redact(self, text: object) -> str:
         """Remove this connection's token from any text.
 
@@ -161,7 +168,13 @@ class IBFlexHook(BaseHook):
                 allow_redirects=False,
                 # Given per request, or requests would prefer CURL_CA_BUNDLE to the session's bundle.
                 verify=self.session.verify,
-                timeout=(self.settings.connect_timeout, self.settings.read_timeout),
+                # Connecting and each read have their own timeouts, and together one deadline for the
+                # head (name resolution is outside it; the turn's lease is renewed meanwhile).
+                timeout=urllib3.Timeout(  # type: ignore[arg-type] # requests passes it to urllib3 as is
+                    connect=self.settings.connect_timeout,
+                    read=self.settings.read_timeout,
+                    total=self.budget.head_deadline,
+                ),
             )
         except requests.exceptions.SSLError as exc:
             if is_certificate_error(exc):
@@ -177,6 +190,7 @@ class IBFlexHook(BaseHook):
         call: Literal["send", "get"],
         budget_wait: float | None = None,
         keep_spare: int = 0,
+        holder: str | None = None,
     ) -> tuple[requests.Response, ResponseReader, Outcome, Iterator[bytes]]:
         """One request in the token's shared budget, read until its meaning is known.
 
@@ -188,10 +202,12 @@ class IBFlexHook(BaseHook):
         :param call: ``send`` or ``get``.
         :param budget_wait: seconds to wait for a turn at most (``BudgetBusy`` beyond); None: no limit.
         :param keep_spare: a poll: take a turn only if it leaves this many spare (else ``BudgetTight``).
+        :param holder: the first turn's id: a turn reserved for this request by a trigger.
         """
         while True:
-            with self.budget.turn(budget_wait, keep_spare, urgent=call == "send"):
+            with self.budget.turn(budget_wait, keep_spare, urgent=call == "send", holder=holder):
                 response = self._get(url, params)
+            holder = None  # a reservation serves one turn
             reader = ResponseReader(response.status_code, call, self.settings.endpoints)
             chunks = response.iter_content(CHUNK_SIZE)
             try:
@@ -260,6 +276,7 @@ class IBFlexHook(BaseHook):
         url: str | None = None,
         budget_wait: float | None = None,
         as_poll: bool = False,
+        reservation: str | None = None,
     ) -> StatementResult:
         """Call GetStatement once and, if the statement is ready, stream it to ``destination`` atomically.
 
@@ -274,6 +291,7 @@ class IBFlexHook(BaseHook):
         :param budget_wait: seconds to wait for the token's turn at most; None waits as long as needed.
         :param as_poll: the statement is probably not ready yet: take a turn only when the token's
             budget has one to spare for the download and no SendRequest is waiting (else ``busy``).
+        :param reservation: the id of a turn a trigger reserved for this download (its ``poll`` event).
         """
         code = validate_reference_code(reference_code)
         target = resolve_destination(destination, destination_conn_id)
@@ -281,8 +299,10 @@ class IBFlexHook(BaseHook):
         params = get_statement_params(self.settings.token, code, self.settings.version)
 
         def attempt() -> StatementResult:
+            nonlocal reservation
+            holder, reservation = reservation, None  # a reservation serves the first attempt only
             response, reader, outcome, rest = self._exchange(
-                get_url, params, "get", budget_wait, keep_spare=1 if as_poll else 0
+                get_url, params, "get", budget_wait, keep_spare=1 if as_poll else 0, holder=holder
             )
             with response:
                 if outcome.kind == "pending":

@@ -46,13 +46,19 @@ class IBFlexSendRequestOperator(BaseOperator):
         self.ibflex_conn_id = ibflex_conn_id
         self.from_date = from_date
         self.to_date = to_date
+        self._hook: IBFlexHook | None = None
 
     def execute(self, context: Context) -> str:
         try:
             validate_query_id(self.query_id)
-            hook = IBFlexHook(self.ibflex_conn_id)
+            hook = self._hook = IBFlexHook(self.ibflex_conn_id)
             reference = hook.send_request(self.query_id, from_date=self.from_date, to_date=self.to_date)
         except FlexInputError as exc:
             raise AirflowFailException(f"{self.task_id}: {exc}") from None
         context["ti"].xcom_push(key=STATEMENT_URL_KEY, value=reference.url)
         return reference.reference_code
+
+    def on_kill(self) -> None:
+        """Killed mid-request: give the token's turn back at once (it would lapse by itself)."""
+        if self._hook is not None:
+            self._hook.on_kill()

@@ -11,7 +11,8 @@ A store runs one change of a token's ``BudgetState`` atomically, on its own cloc
   reaches the database shares it; a deployment without Redis already runs one.
 
 Which one a process uses comes from Airflow's configuration, section ``[ibflex]`` (see
-``store_from_config``).
+``store_from_config``). A store that cannot be reached raises ``BudgetStoreError`` naming itself;
+the caller waits and asks again (``pacing``), and never sends without a turn.
 """
 
 from __future__ import annotations
@@ -35,14 +36,25 @@ REDIS_TTL_SECONDS = 24 * 3600
 REDIS_PREFIX = "ibflex:budget:"
 
 
+class BudgetStoreError(Exception):
+    """The store of the token budgets could not be reached or changed; nothing was changed."""
+
+
 class BudgetStore(Protocol):
     """One atomic change of one token's state at a time, wherever the state lives."""
+
+    @property
+    def started(self) -> float | None:
+        """When the store last started, on its clock, if a start may lose what it kept (None for a
+        store that keeps everything)."""
+        ...
 
     def update(self, key: str, change: Change[T]) -> T:
         """Apply ``change(state, now)`` atomically and return its result.
 
         :param key: the token's key (``token_key``).
         :param change: gets the current state and the store's clock; returns the new state and a result.
+        :raises BudgetStoreError: the store could not be reached or changed.
         """
         ...
 
@@ -53,6 +65,8 @@ class FileBudgetStore:
     :param folder: a folder every process of the deployment on this machine can write.
     """
 
+    started = None  # files outlive every process
+
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
 
@@ -60,6 +74,12 @@ class FileBudgetStore:
         return f"FileBudgetStore({str(self.folder)!r})"
 
     def update(self, key: str, change: Change[T]) -> T:
+        try:
+            return self._update(key, change)
+        except OSError as exc:
+            raise BudgetStoreError(f"{self!r}: {type(exc).__name__}: {exc}") from exc
+
+    def _update(self, key: str, change: Change[T]) -> T:
         self.folder.mkdir(parents=True, exist_ok=True)
         state_path = self.folder / f"{key}.json"
         with open(self.folder / f"{key}.lock", "a+b") as lock:
@@ -87,11 +107,38 @@ class RedisBudgetStore:
     def __init__(self, client: Any, prefix: str = REDIS_PREFIX) -> None:
         self.client = client
         self.prefix = prefix
+        self._started: float | None = None
 
     def __repr__(self) -> str:
-        return f"RedisBudgetStore({self.client!r})"
+        kwargs = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
+        where = f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+        return f"RedisBudgetStore({where!r})"
+
+    @property
+    def started(self) -> float | None:
+        """When the server started (its clock): a restart without persistence loses every budget."""
+        if self._started is None:
+            try:
+                uptime = float(self.client.info("server")["uptime_in_seconds"])
+                seconds, micros = self.client.time()
+            except Exception as exc:
+                raise self._error(exc) from exc
+            self._started = seconds + micros / 1_000_000 - uptime
+        return self._started
+
+    def _error(self, exc: Exception) -> BudgetStoreError:
+        self._started = None  # reconnected, it may be another start
+        return BudgetStoreError(f"{self!r}: {type(exc).__name__}: {exc}")
 
     def update(self, key: str, change: Change[T]) -> T:
+        from redis.exceptions import RedisError
+
+        try:
+            return self._update(key, change)
+        except RedisError as exc:
+            raise self._error(exc) from exc
+
+    def _update(self, key: str, change: Change[T]) -> T:
         from redis.exceptions import WatchError
 
         name = self.prefix + key
@@ -122,6 +169,8 @@ class SqlBudgetStore:
     :param table: the table's name (created on first use).
     """
 
+    started = None  # a database keeps what it committed
+
     def __init__(self, engine: Any, table: str = SQL_TABLE) -> None:
         import sqlalchemy as sa
 
@@ -151,6 +200,14 @@ class SqlBudgetStore:
         self._ready = True
 
     def update(self, key: str, change: Change[T]) -> T:
+        import sqlalchemy as sa
+
+        try:
+            return self._update(key, change)
+        except sa.exc.DBAPIError as exc:
+            raise BudgetStoreError(f"{self!r}: {type(exc).__name__}: {exc.orig}") from exc
+
+    def _update(self, key: str, change: Change[T]) -> T:
         import sqlalchemy as sa
 
         if not self._ready:

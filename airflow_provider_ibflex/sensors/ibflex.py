@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Context, ObjectStoragePath, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
 from airflow_provider_ibflex.exceptions import IBFlexFatalError, IBFlexTransientError
 from airflow_provider_ibflex.hooks.ibflex import IBFlexHook, StatementResult
@@ -82,6 +82,12 @@ class IBFlexStatementSensor(BaseSensorOperator):
         self.deferrable = deferrable
         self.backoff_factor = backoff_factor
         self.max_poke_interval = max_poke_interval
+        self._hook: IBFlexHook | None = None
+
+    def on_kill(self) -> None:
+        """Killed mid-request: give the token's turn back at once (it would lapse by itself)."""
+        if self._hook is not None:
+            self._hook.on_kill()
 
     # -- one GetStatement ------------------------------------------------------------------------
 
@@ -100,13 +106,14 @@ class IBFlexStatementSensor(BaseSensorOperator):
             "sensor) to get a new reference code."
         )
 
-    def _download(self, as_poll: bool = False) -> StatementResult:
+    def _download(self, as_poll: bool = False, reservation: str | None = None) -> StatementResult:
         """One GetStatement; the statement, if ready, lands at the destination in the same download.
 
         :param as_poll: the statement is probably not ready: poll only with a turn to spare.
+        :param reservation: a turn the trigger reserved for this download.
         """
         destination = self._checked_destination()
-        hook = IBFlexHook(self.ibflex_conn_id)
+        hook = self._hook = IBFlexHook(self.ibflex_conn_id)
         try:
             return hook.download_statement(
                 str(self.reference_code).strip(),
@@ -114,6 +121,7 @@ class IBFlexStatementSensor(BaseSensorOperator):
                 url=self.url or None,
                 budget_wait=WORKER_BUDGET_WAIT,
                 as_poll=as_poll,
+                reservation=reservation,
             )
         except IBFlexFatalError as exc:
             if exc.code == 1017:
@@ -185,7 +193,7 @@ class IBFlexStatementSensor(BaseSensorOperator):
         """
         status = event.get("status")
         if status in ("ready", "poll"):
-            result = self._download()
+            result = self._download(reservation=event.get("reservation"))
             if result.landed and result.metadata is not None:
                 return self._landed(context, result.metadata)
             # Still generating, or no turn for the token right now: wait again, same deadline. A
@@ -201,4 +209,8 @@ class IBFlexStatementSensor(BaseSensorOperator):
             raise AirflowSensorTimeout(f"{self.task_id}: {event.get('message')}")
         if event.get("code") == 1017:
             raise self._expired_reference()
+        if event.get("store") or event.get("unexpected"):
+            # Not the service's verdict: the budget's store was down, or the trigger met something
+            # unexpected. Worth the task's retries (and soft_fail skips it).
+            raise AirflowException(f"{self.task_id}: {event.get('message')}")
         raise AirflowFailException(f"{self.task_id}: {event.get('message')}")

@@ -6,9 +6,12 @@ It never calls SendRequest, never writes to storage and never carries the statem
 says ready, poll, error or timeout, and the worker then downloads.
 
 Every request takes a turn of the token's request budget, shared with every worker and triggerer
-(``pacing``). A poll that finds the statement ready costs a second request for the download, so when
-the token's budget is nearly spent the trigger does not poll: it waits for a free turn and hands it to
-the worker (event ``poll``), whose one GetStatement then lands the statement if it is ready.
+(``pacing``), and only when it can be sent at once (a place for it in the loop's requests in flight
+comes first); its head must arrive within one deadline. A poll that finds the statement ready costs a
+second request for the download, so when the token's budget is nearly spent the trigger does not
+poll: it reserves the free turn for the worker and hands it over (event ``poll``), and the worker's one
+GetStatement then lands the statement if it is ready. Whatever goes wrong (a store down past the
+deadline, anything unexpected) becomes an ``error`` event: ``run`` never raises.
 
 All triggers in one event loop share one httpx client (one connection pool and TLS context), so a
 thousand of them cost little.
@@ -17,11 +20,13 @@ thousand of them cost little.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -29,7 +34,15 @@ import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_ibflex import logredact
-from airflow_provider_ibflex.pacing import BudgetBusy, BudgetTight, TokenBudget, token_key
+from airflow_provider_ibflex.pacing import (
+    HANDOFF_RESERVATION,
+    BudgetBusy,
+    BudgetStoreUnavailable,
+    BudgetTight,
+    TokenBudget,
+    token_key,
+)
+from airflow_provider_ibflex.pacing.budget import Grant
 from airflow_provider_ibflex.protocol import (
     FlexError,
     Outcome,
@@ -66,8 +79,9 @@ class _LoopResources:
         )
         self.gate = asyncio.Semaphore(MAX_IN_FLIGHT)
         # Triggers of one token in this loop queue here, first come first served, so that only one of
-        # them at a time asks the shared store for the token's turn.
+        # them at a time asks the shared store for the token's turn; it counts the others as demand.
         self.token_locks: dict[str, asyncio.Lock] = {}
+        self.waiting: dict[str, int] = {}
 
 
 _RESOURCES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopResources] = weakref.WeakKeyDictionary()
@@ -132,12 +146,15 @@ async def poll_statement(
     max_wait: float | None = None,
     keep_spare: int = 0,
     peek: bool = False,
+    holder: str | None = None,
 ) -> Outcome:
     """One GetStatement in the token's shared budget, reading only the response's head.
 
     Never raises for transport errors (they are a ``retry`` outcome). Raises ``BudgetTight`` when a
-    turn is free but not to be taken (see ``TokenBudget.aturn``) and ``BudgetBusy`` when no turn comes
-    within ``max_wait``.
+    turn is free but not to be taken (see ``TokenBudget.aturn``; the turn is then reserved under
+    ``holder``), ``BudgetBusy`` when no turn comes within ``max_wait`` (every wait counts: this loop's
+    queue for the token, a place for the request, the token's turn) and ``BudgetStoreUnavailable``
+    when the budget's store stayed unreachable that long.
 
     :param settings: the connection's settings.
     :param budget: the token's request budget.
@@ -146,24 +163,63 @@ async def poll_statement(
     :param max_wait: seconds to wait for a turn at most.
     :param keep_spare: poll only if this many requests would still fit in the window afterwards.
     :param peek: take no turn: raise ``BudgetTight`` as soon as one is free.
+    :param holder: the turn's id, under which a free turn not taken is reserved for the worker.
     """
     params = get_statement_params(settings.token, reference_code, settings.version)
     target = trusted_statement_url(url, settings.endpoints)
     timeout = httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout, pool=None)
     headers = {"User-Agent": settings.user_agent}
     resources = _loop_resources()
-    lock = resources.token_locks.setdefault(token_key(settings.token), asyncio.Lock())
-    async with lock, budget.aturn(max_wait, keep_spare, peek), resources.gate:
-        try:
-            outcome = await _read_head(resources.client, target, params, headers, timeout, settings)
-        except httpx.HTTPError as exc:
-            if is_certificate_error(exc):
-                outcome = certificate_outcome(target)
-            else:
-                outcome = Outcome("retry", redact(f"{type(exc).__name__}: {exc}", settings.token))
+    started = time.monotonic()
+    async with _queued_for_token(resources, token_key(settings.token), max_wait) as waiting_behind:
+        remaining = None if max_wait is None else max_wait - (time.monotonic() - started)
+        turn = budget.aturn(
+            remaining,
+            keep_spare,
+            peek,
+            slot=resources.gate,
+            holder=holder,
+            weight=1 + waiting_behind(),
+            reserve=HANDOFF_RESERVATION if keep_spare or peek else 0.0,
+        )
+        async with turn:
+            try:
+                # One deadline for the head, DNS and connecting included: the lease is renewed
+                # meanwhile, and a request abandoned here is counted when its turn is given back.
+                outcome = await asyncio.wait_for(
+                    _read_head(resources.client, target, params, headers, timeout, settings),
+                    budget.head_deadline,
+                )
+            except asyncio.TimeoutError:
+                outcome = Outcome("retry", f"no answer within {budget.head_deadline:.0f} s")
+            except httpx.HTTPError as exc:
+                if is_certificate_error(exc):
+                    outcome = certificate_outcome(target)
+                else:
+                    outcome = Outcome("retry", redact(f"{type(exc).__name__}: {exc}", settings.token))
     if outcome.kind == "throttled":
         await budget.athrottled()
     return outcome
+
+
+@contextlib.asynccontextmanager
+async def _queued_for_token(
+    resources: _LoopResources, key: str, max_wait: float | None
+) -> AsyncIterator[Callable[[], int]]:
+    """This loop's queue for one token: first come, first served, within ``max_wait``. Yields how
+    many triggers wait behind the holder (demand the shared budget should count)."""
+    lock = resources.token_locks.setdefault(key, asyncio.Lock())
+    resources.waiting[key] = resources.waiting.get(key, 0) + 1
+    try:
+        await asyncio.wait_for(lock.acquire(), None if max_wait is None else max(max_wait, 0))
+    except asyncio.TimeoutError:
+        raise BudgetBusy(Grant(False, 0.0, "queued")) from None
+    finally:
+        resources.waiting[key] -= 1
+    try:
+        yield lambda: resources.waiting.get(key, 0)
+    finally:
+        lock.release()
 
 
 async def _read_head(
@@ -262,15 +318,24 @@ class IBFlexStatementTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         logredact.install()
+        try:
+            event = await self._wait()
+        except Exception as exc:  # a trigger that raises fails every task on it, ignoring soft_fail
+            reason = redact(f"{type(exc).__name__}: {exc}")  # no traceback: it could hold a URL
+            message = f"waiting for statement {self.reference_code} failed unexpectedly: {reason}"
+            self.log.error("%s", message)
+            event = self._event("error", message, self.poke_interval, unexpected=True)
+        yield event
+
+    async def _wait(self) -> TriggerEvent:
+        """Poll until there is something to tell the worker; return that event."""
         interval = self.poke_interval
         try:
             settings, budget = await load_connection(self.ibflex_conn_id)
         except (FlexError, ValueError) as exc:
-            yield self._event("error", str(exc), interval)
-            return
+            return self._event("error", str(exc), interval)
         except Exception as exc:  # a missing connection, a secrets backend failure
-            yield self._event("error", f"could not load connection {self.ibflex_conn_id!r}: {exc}", interval)
-            return
+            return self._event("error", f"could not load connection {self.ibflex_conn_id!r}: {exc}", interval)
         polls = 0
         if self.initial_wait > 0:
             # Wider jitter on the first wait: triggers deferred together (a backfill, a mapped task)
@@ -280,8 +345,9 @@ class IBFlexStatementTrigger(BaseTrigger):
         while True:
             remaining = self.deadline - time.time()
             if remaining <= 0:
-                yield self._timeout(polls, interval)
-                return
+                return self._timeout(polls, interval)
+            # A free turn this poll does not take is reserved, under this id, for the worker.
+            holder = uuid.uuid4().hex
             try:
                 # Poll only while a ready answer would leave a turn for the download in the window.
                 outcome = await poll_statement(
@@ -292,27 +358,27 @@ class IBFlexStatementTrigger(BaseTrigger):
                     max_wait=remaining,
                     keep_spare=1,
                     peek=self.handoff,
+                    holder=holder,
                 )
             except BudgetTight:
                 message = (
-                    f"the token has a free turn for statement {self.reference_code}: the worker makes "
-                    "the next GetStatement, which lands the statement if it is ready"
+                    f"the token has a free turn for statement {self.reference_code}, reserved for the "
+                    "worker: its next GetStatement lands the statement if it is ready"
                 )
-                yield self._event("poll", message, interval)
-                return
+                return self._event("poll", message, interval, reservation=holder)
+            except BudgetStoreUnavailable as exc:
+                return self._event("error", str(exc), interval, store=True)
             except BudgetBusy:
-                yield self._timeout(polls, interval)
-                return
+                return self._timeout(polls, interval)
             polls += 1
             if outcome.kind == "statement":
-                message = f"statement {self.reference_code} is ready (after {polls} polls)"
-                yield self._event("ready", message, interval)
-                return
+                return self._event(
+                    "ready", f"statement {self.reference_code} is ready (after {polls} polls)", interval
+                )
             if outcome.kind == "fatal":
-                yield self._event(
+                return self._event(
                     "error", redact(describe(outcome), settings.token), interval, code=outcome.code
                 )
-                return
             if outcome.kind in ("retry", "throttled"):
                 self.log.warning("Transient answer for %s: %s", self.reference_code, describe(outcome))
             else:
