@@ -109,6 +109,7 @@ def airflow_stack(
     triggerers: int = 1,
     parallelism: int = 16,
     dag_ids: tuple[str, ...] = (),
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Start Airflow with the example DAGs against the simulator; stop everything afterwards.
 
@@ -120,6 +121,7 @@ def airflow_stack(
     :param triggerers: triggerers to start.
     :param parallelism: Airflow's ``[core] parallelism`` (and Celery's concurrency per worker).
     :param dag_ids: wait until these DAGs are parsed.
+    :param extra_env: more environment for every Airflow process (settings, connections).
     """
     shutil.copytree(REPO / "example_dags", home / "dags")
     port = free_port()
@@ -150,6 +152,7 @@ def airflow_stack(
             # The token's budget in Redis: what a deployment on several machines configures.
             env["AIRFLOW_CONN_IBFLEX_BUDGET"] = broker[: -len("/0")] + "/1"
             env["AIRFLOW__IBFLEX__RATE_LIMIT_CONN_ID"] = "ibflex_budget"
+        env.update(extra_env or {})
         stack = Stack(home, f"http://127.0.0.1:{port}", env)
         subprocess.run(
             [str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300

@@ -48,6 +48,7 @@ FaultKind = Literal[
     "empty",  # HTTP 200 with no body
     "garbage",  # HTTP 200 with bytes that are neither XML nor CSV
     "hang",  # accept, then say nothing for ``seconds``
+    "drip",  # a "not ready" envelope one byte every ``seconds``: no single read ever times out
     "trickle",  # the normal answer, a few bytes every ``seconds``
     "reset",  # the statement's first ``after_bytes`` bytes, then the connection is dropped
     "short",  # a body shorter than its Content-Length
@@ -130,7 +131,7 @@ class Fault:
     :param times: how many matching requests it applies to; None for all.
     :param code: the error code for ``error``.
     :param status: the v3 Status for ``error``: ``Fail`` or ``Warn``.
-    :param seconds: duration for ``hang`` (total) and ``trickle`` (between pieces).
+    :param seconds: duration for ``hang`` (total), ``trickle`` and ``drip`` (between pieces).
     :param after_bytes: bytes sent before a ``reset``.
     :param http_status: the status of ``html404`` and ``error`` answers.
     :param url: the ``<Url>`` for ``foreign_url``; the entity's target for ``xxe``.
@@ -445,6 +446,9 @@ class FlexSimulatorApp:
         if path == "/_simulator/requests":
             await self._send_log(send)
             return
+        if path == "/_simulator/faults" and scope.get("method") == "POST":
+            await self._add_fault(receive, send)
+            return
         call, legacy = _route(path)
         record = RequestRecord(
             time.time(),
@@ -511,6 +515,14 @@ class FlexSimulatorApp:
         elif fault.kind == "hang":
             await asyncio.sleep(fault.seconds)
             await _respond(send, 200, render_envelope(version, code=1019, status="Warn"))
+        elif fault.kind == "drip":
+            body = render_envelope(version, code=1019, status="Warn")
+            headers = [(b"content-type", CONTENT_TYPE), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            for index in range(len(body)):
+                more = index < len(body) - 1
+                await send({"type": "http.response.body", "body": body[index : index + 1], "more_body": more})
+                await asyncio.sleep(fault.seconds)
         elif fault.kind == "xxe":
             target = fault.url or "file:///etc/passwd"
             body = (
@@ -612,6 +624,17 @@ class FlexSimulatorApp:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         record.size = sent
         record.sha256 = digest.hexdigest() if digest else None
+
+    async def _add_fault(self, receive: Receive, send: Send) -> None:
+        """Script a fault from another process: the body is a ``Fault``'s fields as JSON."""
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.state.add_fault(Fault(**json.loads(body)))
+        await _respond(send, 204, b"")
 
     async def _send_log(self, send: Send) -> None:
         rows = []

@@ -57,3 +57,14 @@ def request_log(base_url: str) -> list[dict[str, Any]]:
     """
     root = base_url.split("/AccountManagement")[0]
     return list(requests.get(root + "/_simulator/requests", timeout=60).json())
+
+
+def add_fault(base_url: str, kind: str, **spec: Any) -> None:
+    """Script a fault in a simulator running in another process (see ``Fault``).
+
+    :param base_url: the simulator's base URL.
+    :param kind: the fault's kind.
+    :param spec: its other fields.
+    """
+    root = base_url.split("/AccountManagement")[0]
+    requests.post(root + "/_simulator/faults", json={"kind": kind, **spec}, timeout=60).raise_for_status()
