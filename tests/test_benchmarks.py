@@ -43,9 +43,12 @@ def test_every_benchmark_runs_and_produces_numbers(tmp_path: Path) -> None:
     if anchors_installed:
         assert all(row["requests"] >= 1 for row in results["polling"])
 
-    for key in ("triggerer", "triggerer_warm"):
-        scale = results[key]
-        assert scale["statuses"] == {"ready": scale["triggers"]}
+    scale_rows = [results["triggerer"], *results["trigger_scale"]]
+    assert {(row["kind"], row["gc_freeze"]) for row in results["trigger_scale"]} == {
+        (kind, freeze) for kind in ("floor", "peer", "ours") for freeze in (False, True)
+    }
+    for scale in scale_rows:
+        assert scale["statuses"] == {"ready": scale["triggers"]}, scale
         assert scale["cpu_ms_per_poll"] > 0 and scale["polls"] >= scale["triggers"]
         assert "max_lag_s" in scale and "peak_rss_growth_kib_per_trigger" in scale
     shared = results["distributed"]

@@ -286,6 +286,8 @@ class TokenBudget:
     def _give_back_quietly(self, holder: str) -> None:
         """``give_back``, retried while the lease could still matter; a failure is only logged (the
         lease lapses by itself)."""
+        with contextlib.suppress(BudgetStoreError):
+            return self.give_back(holder)  # the common case, without the retry machinery
         try:
             for attempt in tenacity.Retrying(**_Wait(self.limits.lease_seconds).store_retry()):
                 with attempt:
@@ -296,6 +298,8 @@ class TokenBudget:
     # -- waiting for a turn -------------------------------------------------------------------------
 
     def _take(self, request: Ask, wait: _Wait) -> Grant:
+        with contextlib.suppress(BudgetStoreError):
+            return self.ask(request)  # the common case, without the retry machinery
         try:
             for attempt in tenacity.Retrying(**wait.store_retry()):
                 with attempt:
@@ -385,11 +389,12 @@ class TokenBudget:
         while not (grant := await self._atake(request, wait, slot)).granted:
             await asyncio.sleep(wait.pause(grant))
         try:
-            renewing = asyncio.ensure_future(self._arenew(request.holder))
+            # Most requests are answered long before the first renewal is due: it is only scheduled.
+            renewal = _Renewal(self, request.holder)
             try:
                 yield
             finally:
-                renewing.cancel()
+                renewal.stop()
         finally:
             try:
                 # In a store thread, whatever happens to this task: a cancelled wait still gives back.
@@ -402,20 +407,12 @@ class TokenBudget:
     async def _atake(self, request: Ask, wait: _Wait, slot: asyncio.Semaphore | None) -> Grant:
         """One attempt at a turn, holding a place in ``slot`` meanwhile and keeping it only with the
         turn; a store in trouble is retried with the place released."""
+        with contextlib.suppress(BudgetStoreError):
+            return await self._atake_once(request, wait, slot)  # the common case, without tenacity
         try:
             async for attempt in tenacity.AsyncRetrying(**wait.store_retry()):
                 with attempt:
-                    if slot is not None:
-                        await _acquire(slot, wait)
-                    try:
-                        grant = await self._aask(request)
-                    except BaseException:
-                        if slot is not None:
-                            slot.release()
-                        raise
-                    if not grant.granted and slot is not None:
-                        slot.release()
-                    return grant
+                    return await self._atake_once(request, wait, slot)
         except BudgetStoreError as exc:
             raise wait.unavailable(exc) from None
         except BudgetBusy:
@@ -423,6 +420,19 @@ class TokenBudget:
                 raise wait.unavailable() from None
             raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _atake_once(self, request: Ask, wait: _Wait, slot: asyncio.Semaphore | None) -> Grant:
+        if slot is not None:
+            await _acquire(slot, wait)
+        try:
+            grant = await self._aask(request)
+        except BaseException:
+            if slot is not None:
+                slot.release()
+            raise
+        if not grant.granted and slot is not None:
+            slot.release()
+        return grant
 
     async def _aask(self, request: Ask) -> Grant:
         """``ask`` in a store thread. Cancelled meanwhile, a turn it was granted is given back."""
@@ -437,14 +447,35 @@ class TokenBudget:
         if not future.cancelled() and future.exception() is None and future.result().granted:
             self._give_back_quietly(holder)
 
-    async def _arenew(self, holder: str) -> None:
-        while True:
-            await asyncio.sleep(self.limits.lease_seconds / 3)
-            with contextlib.suppress(BudgetStoreError):
-                await _in_thread(self.renew, holder)
+
+class _Renewal:
+    """Renews a turn's lease every third of it, in a store thread, until stopped.
+
+    :param budget: the token's budget.
+    :param holder: the turn's id.
+    """
+
+    def __init__(self, budget: TokenBudget, holder: str) -> None:
+        self.budget, self.holder = budget, holder
+        self.loop = asyncio.get_running_loop()
+        self.handle = self.loop.call_later(budget.limits.lease_seconds / 3, self._due)
+
+    def _due(self) -> None:
+        _STORE_THREADS.submit(self._renew)
+        self.handle = self.loop.call_later(self.budget.limits.lease_seconds / 3, self._due)
+
+    def _renew(self) -> None:
+        with contextlib.suppress(BudgetStoreError):
+            self.budget.renew(self.holder)
+
+    def stop(self) -> None:
+        self.handle.cancel()
 
 
 async def _acquire(slot: asyncio.Semaphore, wait: _Wait) -> None:
+    if not slot.locked():
+        await slot.acquire()  # a place is free: no timer needed
+        return
     remaining = wait.remaining()
     try:
         await asyncio.wait_for(slot.acquire(), remaining if remaining is None else max(remaining, 0))

@@ -81,6 +81,8 @@ class QuerySpec:
     :param size: the statement's size in bytes (at most; within one row).
     :param generation_seconds: seconds from SendRequest until the statement is ready.
     :param generation_polls: GetStatement calls answered 1019 before the statement is ready.
+    :param pending_status: the HTTP status of those answers: 200, as the service sends them; 404 lets
+        a generic HTTP poller (Airflow's ``HttpSensorTrigger``) poll the same statements.
     :param account: the account id in the statement.
     :param name: the query's name.
     :param content: ``basic`` or ``full``; the remaining fields shape a ``full`` statement (see
@@ -91,6 +93,7 @@ class QuerySpec:
     size: int = 20_000
     generation_seconds: float = 0.0
     generation_polls: int = 0
+    pending_status: int = 200
     account: str = "U1234567"
     name: str = "Daily trades"
     content: Literal["basic", "full"] = "basic"
@@ -409,6 +412,11 @@ class SimulatorState:
             return "reference", (code, fault.url)
         return "reference", (code, None)
 
+    def pending_status(self, reference_code: str | None) -> int:
+        """The HTTP status of a "not ready yet" answer for ``reference_code``."""
+        reference = self._references.get(reference_code or "")
+        return self.config.queries[reference.query_id].pending_status if reference else 200
+
     def _decide_get(
         self, token: str, params: dict[str, str], fault: Fault | None, now: float
     ) -> tuple[str, Any]:
@@ -483,7 +491,8 @@ class FlexSimulatorApp:
         elif decision == "error":
             record.answer = str(detail)
             status = "Warn" if detail == 1019 else "Fail"
-            await _respond(send, 200, render_envelope(version, code=detail, status=status))
+            http_status = self.state.pending_status(params.get("q")) if detail == 1019 else 200
+            await _respond(send, http_status, render_envelope(version, code=detail, status=status))
         elif decision == "reference":
             code, url = detail
             record.answer = "reference" if url is None else "fault:foreign_url"
