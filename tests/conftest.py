@@ -151,17 +151,33 @@ class MotoS3:
     us-east-1), with a boto3 client and the ``AIRFLOW_CONN_<ID>`` JSON of an ``aws`` connection to it.
 
     :param port: the port, 0 for any free one (give the old port to bring a stopped server back).
+    :param own_process: run the server in a process of its own, for clients that hold the GIL while
+        they wait for it (delta-rs).
     """
 
     REGION = "eu-west-2"
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, own_process: bool = False) -> None:
         import boto3
-        from moto.server import ThreadedMotoServer
 
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-        self.server.start()
-        host, self.port = self.server.get_host_and_port()
+        self.process: Any = None
+        if own_process:
+            import subprocess
+            import sys
+
+            from tests.services import _wait_for_port, free_port
+
+            self.port = port or free_port()
+            command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _wait_for_port(self.port, "moto", self.process)
+            host = "127.0.0.1"
+        else:
+            from moto.server import ThreadedMotoServer
+
+            self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+            self.server.start()
+            host, self.port = self.server.get_host_and_port()
         self.endpoint = f"http://{host}:{self.port}"
         self.client = boto3.client(
             "s3",
@@ -185,12 +201,24 @@ class MotoS3:
         return [item["Key"] for item in self.client.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
     def stop(self) -> None:
-        self.server.stop()
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        else:
+            self.server.stop()
 
 
 @pytest.fixture
 def moto_s3() -> Iterator[MotoS3]:
     """A fresh moto S3 server for one test."""
     server = MotoS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def moto_s3_process() -> Iterator[MotoS3]:
+    """A fresh moto S3 server in a process of its own."""
+    server = MotoS3(own_process=True)
     yield server
     server.stop()

@@ -24,11 +24,12 @@ from airflow_provider_ibflex.tables import values as typing_
 from airflow_provider_ibflex.tables.collect import (
     CARRIED_KINDS,
     ROW_NUMBER,
+    SHA256,
     STATEMENT_COLUMNS,
     TableCollector,
 )
 from airflow_provider_ibflex.tables.xmlrows import read_xml
-from tests.conftest import MotoS3, files_under
+from tests.conftest import MotoS3, files_under, sha256_of
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -61,8 +62,10 @@ def expected_rows(statement: Path) -> dict[str, list[dict[str, str | None]]]:
     its position among all the statement's rows."""
     tables: dict[str, list[dict[str, str | None]]] = {}
     number = 0
+    sha = sha256_of(statement)
     for flex_statement in SafeET.parse(statement).getroot().iter("FlexStatement"):
         carried = {new: flex_statement.get(old) for old, new in STATEMENT_COLUMNS.items()}
+        carried[SHA256] = sha
         for section in flex_statement:
             for element in section.iter():
                 if element.attrib:
@@ -309,6 +312,7 @@ def test_csv_with_a_byte_order_mark_and_crlf(tmp_path: Path) -> None:
             "statementPeriod": None,  # a CSV's BOF record has no period
             "statementWhenGenerated": datetime.datetime(2026, 11, 23, 7, 15),
             "statementWhenGenerated__raw": None,
+            "statementSha256": sha256_of(path),
         }
     ]
 

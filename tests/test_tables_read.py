@@ -251,7 +251,7 @@ def test_rows_keep_document_order_and_the_statement_its_attributes(tmp_path: Pat
     names = table.column_names
     assert names[:2] == ["section", "rowNumber"]
     assert names.index("accountId") < names.index("currency") < names.index("fxRateToBase__raw")
-    assert names[-7:] == [
+    assert names[-8:] == [
         "statementFromDate",
         "statementFromDate__raw",
         "statementToDate",
@@ -259,6 +259,7 @@ def test_rows_keep_document_order_and_the_statement_its_attributes(tmp_path: Pat
         "statementPeriod",
         "statementWhenGenerated",
         "statementWhenGenerated__raw",
+        "statementSha256",
     ]
 
 

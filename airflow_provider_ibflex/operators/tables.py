@@ -1,12 +1,15 @@
-"""IBFlexStatementToTablesOperator: turn a landed statement into typed per-section tables.
+"""IBFlexStatementToTablesOperator: turn a landed statement into typed per-section tables;
+IBFlexDeltaMaintenanceOperator: compact and vacuum the Delta tables.
 
 Runs the converter (``airflow_provider_ibflex.tables``) as a task: the statement is read from object
-storage as a stream and the tables (Parquet or CSV) and their manifest are written under a
-destination prefix. Needs pyarrow: ``pip install 'airflow-provider-ibflex[tables]'``.
+storage as a stream and the tables (Parquet, CSV, or Delta Lake tables holding every statement) and
+their manifest are written under a destination prefix. Needs pyarrow (and deltalake for Delta):
+``pip install 'airflow-provider-ibflex[tables]'``.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import posixpath
 from collections.abc import Mapping, Sequence
@@ -22,29 +25,40 @@ from airflow_provider_ibflex.tables.layout import split_table_name, table_folder
 TABLE_EXTRA = "ibflex_table"
 
 
-def table_uri(destination: str, table: str) -> str:
+def table_uri(destination: str, table: str, output_format: str = "parquet") -> str:
     """Where a table lands under a destination prefix (its folder, for an Asset a DAG schedules on).
 
     :param destination: the operator's destination, e.g. ``s3://bucket/ibflex/tables``.
     :param table: the table's name, e.g. ``Trades/Trade`` or ``AccountInformation``.
+    :param output_format: the operator's ``output_format`` (Delta tables live at
+        ``<destination>/<Section>/<Element>``).
     """
-    return table_folder(destination, *split_table_name(table))
+    section, element = split_table_name(table)
+    if output_format == "delta":
+        return posixpath.join(destination.rstrip("/"), section, element)
+    return table_folder(destination, section, element)
 
 
-def table_asset(table: str, destination: str | None = None, **kwargs: Any) -> Asset:
+def table_asset(
+    table: str, destination: str | None = None, output_format: str = "parquet", **kwargs: Any
+) -> Asset:
     """An Asset for one table, to put in the operator's ``outlets`` and schedule DAGs on.
 
     Its URI is the table's folder under ``destination``, or ``ibflex://tables/<Section>/<Element>``
     when the destination is only known at run time (templated); either way the operator recognises
-    it (by its ``ibflex_table`` extra) and its events carry the table's rows and file.
+    it (by its ``ibflex_table`` extra) and its events carry the table's rows and file (for Delta,
+    the table's URI and its new version).
 
     :param table: the table's name, e.g. ``Trades/Trade``.
     :param destination: the operator's destination, if it is fixed.
+    :param output_format: the operator's ``output_format``.
     :param kwargs: more Asset arguments (``name``, ``group``, ...).
     """
     section, element = split_table_name(table)
     uri = (
-        table_folder(destination, section, element) if destination else f"ibflex://tables/{section}/{element}"
+        table_uri(destination, table, output_format)
+        if destination
+        else f"ibflex://tables/{section}/{element}"
     )
     extra = {**kwargs.pop("extra", {}), TABLE_EXTRA: table}
     return Asset(uri=uri, extra=extra, **kwargs)
@@ -77,7 +91,13 @@ class IBFlexStatementToTablesOperator(BaseOperator):
         and ``sha256``, which is then checked), or a URL or path (templated).
     :param destination: the folder the tables go under, e.g. ``s3://bucket/ibflex/tables``
         (templated).
-    :param output_format: ``parquet`` (default) or ``csv``.
+    :param output_format: ``parquet`` (default), ``csv``, or ``delta``: one Delta Lake table per
+        (section, row element) at ``<destination>/<Section>/<Element>`` holding every statement
+        converted there, rows merged by natural key or replaced per account and period.
+    :param merge_keys: Delta only: natural keys by table, over the catalogue's (templated), e.g.
+        ``{"Trades/Trade": ["transactionID"]}``; an empty list replaces that table per period.
+    :param delta_storage_options: Delta only: delta-rs storage options, over those the destination's
+        connection gives (e.g. ``{"AWS_S3_LOCKING_PROVIDER": "dynamodb", ...}``).
     :param name: the files' name (templated); by default the run's date and the statement's file
         name without its extension (``2026-11-20-100001``), so statements landed as
         ``<date>/<query>.xml`` day after day do not overwrite each other's tables, and a rerun
@@ -88,7 +108,7 @@ class IBFlexStatementToTablesOperator(BaseOperator):
     :param destination_conn_id: the storage connection to write the tables with.
     """
 
-    template_fields: Sequence[str] = ("statement", "destination", "name", "previous_manifest")
+    template_fields: Sequence[str] = ("statement", "destination", "name", "previous_manifest", "merge_keys")
     ui_color = "#d81f26"
 
     def __init__(
@@ -101,12 +121,16 @@ class IBFlexStatementToTablesOperator(BaseOperator):
         previous_manifest: Mapping[str, Any] | str | None = None,
         source_conn_id: str | None = None,
         destination_conn_id: str | None = None,
+        merge_keys: Mapping[str, Sequence[str]] | None = None,
+        delta_storage_options: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.statement = statement
         self.destination = destination
         self.output_format = output_format
+        self.merge_keys = merge_keys
+        self.delta_storage_options = delta_storage_options
         self.name = name
         self.previous_manifest = previous_manifest
         self.source_conn_id = source_conn_id
@@ -131,9 +155,15 @@ class IBFlexStatementToTablesOperator(BaseOperator):
                 name=self.name or default_name(uri, context),
                 previous_manifest=self._previous(),
                 expected_sha256=sha256,
+                merge_keys=self.merge_keys,
+                delta_storage_options=self.delta_storage_options,
             )
         except (FlexTablesError, FlexInputError) as exc:
             raise AirflowFailException(f"{self.task_id}: {exc}") from None
+        except ImportError as exc:  # deltalake, for output_format="delta"
+            raise AirflowFailException(
+                f"{self.task_id}: {exc}; install 'airflow-provider-ibflex[tables]' where tasks run."
+            ) from None
         self._report(context, manifest)
         return manifest
 
@@ -189,9 +219,10 @@ class IBFlexStatementToTablesOperator(BaseOperator):
 
     def _report(self, context: Context, manifest: dict[str, Any]) -> None:
         tables: dict[str, Any] = manifest["tables"]
-        by_folder = {table_uri(self._destination(), name): name for name in tables}
-        for entry in tables.values():
-            report_lineage(ObjectStoragePath(entry["uri"], conn_id=self.destination_conn_id))
+        by_folder = {table_uri(self._destination(), name, self.output_format): name for name in tables}
+        if self.output_format != "delta":
+            for entry in tables.values():
+                report_lineage(ObjectStoragePath(entry["uri"], conn_id=self.destination_conn_id))
         for outlet in self.outlets or []:
             if not isinstance(outlet, Asset):
                 continue
@@ -199,6 +230,8 @@ class IBFlexStatementToTablesOperator(BaseOperator):
             table = (outlet.extra or {}).get(TABLE_EXTRA) or by_folder.get(outlet.uri.rstrip("/"))
             if table in tables:
                 extra.update(table=table, rows=tables[table]["rows"], uri=tables[table]["uri"])
+                if "version" in tables[table]:
+                    extra["version"] = tables[table]["version"]
             else:
                 extra.update(tables={name: entry["rows"] for name, entry in tables.items()})
             extra["manifest"] = manifest.get("uri")
@@ -217,3 +250,70 @@ class IBFlexStatementToTablesOperator(BaseOperator):
             self._destination(),
             manifest.get("uri"),
         )
+
+
+class IBFlexDeltaMaintenanceOperator(BaseOperator):
+    """Compact the Delta tables the converter writes and remove the files old versions needed.
+
+    Schedule it as suits the tables' growth (weekly, say): daily merges leave many small files, which
+    ``optimize`` rewrites into few large ones (a new version, the same rows), and every version keeps
+    the files it replaced until ``vacuum`` removes them, after which those versions cannot be read
+    (time travel reaches back ``vacuum_retention`` at least). The task's XCom lists what was done.
+
+    :param destination: the converter's destination (templated).
+    :param tables: the tables to maintain (``Trades/Trade``, ...); all the manifests name by default.
+    :param optimize: compact small files.
+    :param vacuum_retention: remove files that no version younger than this needs; None keeps all.
+    :param destination_conn_id: the storage connection.
+    :param delta_storage_options: delta-rs storage options, as for the converter.
+    """
+
+    template_fields: Sequence[str] = ("destination",)
+    ui_color = "#d81f26"
+
+    def __init__(
+        self,
+        *,
+        destination: str,
+        tables: Sequence[str] | None = None,
+        optimize: bool = True,
+        vacuum_retention: datetime.timedelta | None = datetime.timedelta(days=7),
+        destination_conn_id: str | None = None,
+        delta_storage_options: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.destination = destination
+        self.tables = tables
+        self.optimize = optimize
+        self.vacuum_retention = vacuum_retention
+        self.destination_conn_id = destination_conn_id
+        self.delta_storage_options = delta_storage_options
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        try:
+            from airflow_provider_ibflex.tables import delta, manifests
+            from airflow_provider_ibflex.tables.convert import locate
+        except ImportError as exc:
+            raise AirflowFailException(
+                f"{self.task_id}: Delta maintenance needs deltalake ({exc}); install "
+                "'airflow-provider-ibflex[tables]' where tasks run."
+            ) from None
+        destination = ObjectStoragePath(str(self.destination).rstrip("/"), conn_id=self.destination_conn_id)
+        fs, _ = locate(destination)
+        options = delta.storage_options(fs, self.delta_storage_options)
+        found: dict[str, str] = {}
+        for manifest in manifests(destination).values():
+            if manifest.get("format") == "delta":
+                found |= {name: entry["uri"] for name, entry in manifest["tables"].items()}
+        wanted = list(self.tables) if self.tables is not None else sorted(found)
+        missing = [name for name in wanted if name not in found]
+        if missing:
+            raise AirflowFailException(f"{self.task_id}: no Delta table {missing} under {self.destination}")
+        hours = None if self.vacuum_retention is None else self.vacuum_retention.total_seconds() / 3600
+        done = []
+        for name in wanted:
+            result = delta.maintain(found[name], options, self.optimize, hours)
+            self.log.info("%s: %s", name, result)
+            done.append({"table": name, **{k: v for k, v in result.items() if k != "optimize"}})
+        return done

@@ -173,7 +173,10 @@ def sections(account: str, index: int, dates: Dates, extras: bool) -> list[tuple
             ("reportDate", day),
             ("description", "AAPL(US0378331005) CASH DIVIDEND USD 0.24 PER SHARE"),
         ]
-        for amount, kind, transaction in (("24", "Dividends", "5001"), ("-3.6", "Withholding Tax", "5002"))
+        for amount, kind, transaction in (
+            ("24", "Dividends", str(5001 + 100 * index)),
+            ("-3.6", "Withholding Tax", str(5002 + 100 * index)),
+        )
     ]
     if extras:
         transactions[1] = [(k, "MULTI" if k == "settleDate" else v) for k, v in transactions[1]]
@@ -221,6 +224,8 @@ def trade_row(account: str, dates: Dates, level: str, serial: str, number: str, 
         ("cusip", "037833100"),
         ("listingExchange", "NASDAQ"),
         ("tradeID", f"{serial}{number}"),
+        # IB's unique id of an execution; orders and closed lots have none of their own.
+        ("transactionID", f"9{serial}{number}" if level == "EXECUTION" else ""),
         ("reportDate", dates.date(2026, 11, 20)),
         ("tradeDate", dates.date(2026, 11, 20)),
         ("dateTime", dates.date_time(2026, 11, 20, 9, 30, 15)),

@@ -28,6 +28,8 @@ STATEMENT_COLUMNS = {
     "period": "statementPeriod",
     "whenGenerated": "statementWhenGenerated",
 }
+# The sha256 of the statement's file: with the account and period, it identifies a row's statement.
+SHA256 = "statementSha256"
 CARRIED_KINDS = {
     SECTION: "string",
     ACCOUNT: "string",
@@ -35,8 +37,9 @@ CARRIED_KINDS = {
     "statementToDate": "date",
     "statementPeriod": "string",
     "statementWhenGenerated": "datetime",
+    SHA256: "string",
 }
-RESERVED = frozenset({SECTION, ROW_NUMBER, *STATEMENT_COLUMNS.values()})
+RESERVED = frozenset({SECTION, ROW_NUMBER, SHA256, *STATEMENT_COLUMNS.values()})
 # A section or row element's name becomes a folder: a plain name only (no namespace, no separator,
 # nothing a path could climb with).
 PLAIN_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")

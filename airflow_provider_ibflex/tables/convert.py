@@ -9,10 +9,11 @@ manifest, written last (``publish``): a reader that starts from the manifests on
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import posixpath
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Any
 from xml.etree.ElementTree import ParseError
 
@@ -32,19 +33,21 @@ from airflow_provider_ibflex.tables.collect import (
     CARRIED_KINDS,
     ROW_NUMBER,
     SECTION,
+    SHA256,
     STATEMENT_COLUMNS,
     Table,
     TableCollector,
 )
 from airflow_provider_ibflex.tables.csvrows import read_csv
 from airflow_provider_ibflex.tables.errors import FlexTablesError
+from airflow_provider_ibflex.tables.keys import rule_for
 from airflow_provider_ibflex.tables.layout import table_folder
 from airflow_provider_ibflex.tables.manifest import MANIFEST_VERSION, changes_since, table_entry
 from airflow_provider_ibflex.tables.publish import Publication, check_file_name
 from airflow_provider_ibflex.tables.xmlrows import read_xml
 
 log = logging.getLogger(__name__)
-FORMATS = ("parquet", "csv")
+FORMATS = ("parquet", "csv", "delta")
 # Typed data held per Parquet row group (and per CSV write): large enough for scans, small enough to
 # keep memory flat.
 ROW_GROUP_BYTES = 4 * 1024 * 1024
@@ -71,23 +74,31 @@ def convert_statement(
     previous_manifest: Mapping[str, Any] | None = None,
     expected_sha256: str | None = None,
     spool_folder: str | None = None,
+    merge_keys: Mapping[str, Sequence[str]] | None = None,
+    delta_storage_options: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Convert a statement into one table per (section, row element) under ``destination``, publish
-    them as one set, and return the manifest, which is written last to
-    ``<destination>/_manifests/<name>.json``.
+    them, and return the manifest, which is written last to ``<destination>/_manifests/<name>.json``.
 
-    Tables are laid out for partition-aware engines:
+    Parquet and CSV tables are laid out for partition-aware engines:
     ``<destination>/section=<Section>/element=<Element>/<name>.<run>.<parquet|csv>``, where ``<run>``
     is this conversion's id. A rerun under the same name replaces the previous run's set once the new
     one is published (see ``publish``); a run that fails leaves the previous set as it was.
 
+    Delta tables are one per (section, row element) at ``<destination>/<Section>/<Element>``, holding
+    every statement converted there, each table changed in one commit (see ``delta``).
+
     :param source: the landed statement (URL, local path, or ObjectStoragePath).
     :param destination: the folder the tables go under (URL, local path, or ObjectStoragePath).
-    :param output_format: ``parquet`` or ``csv``.
+    :param output_format: ``parquet``, ``csv`` or ``delta``.
     :param name: the files' name; the statement's file name without its extension by default.
     :param previous_manifest: an earlier conversion's manifest, to report what is new since.
     :param expected_sha256: the statement's sha256 as landed; the statement read must match it.
     :param spool_folder: a local folder for the spool (the system's temporary folder by default).
+    :param merge_keys: Delta only: natural keys by table, replacing the catalogue's
+        (``{"Trades/Trade": ["transactionID"]}``; an empty list: replace per account and period).
+    :param delta_storage_options: Delta only: delta-rs storage options, over those derived from
+        the destination's filesystem.
     """
     if output_format not in FORMATS:
         raise FlexTablesError(f"output_format must be one of {FORMATS}, got {output_format!r}")
@@ -108,8 +119,7 @@ def convert_statement(
             )
         publication = Publication(dest_fs, dest_path, stem)
         tables = sorted(collector.tables.values(), key=lambda t: t.name)
-        folders = {table.name: table_folder(dest_path, table.section, table.element) for table in tables}
-        paths = {name: publication.file_path(folder, output_format) for name, folder in folders.items()}
+        constants = {SHA256: reader.hexdigest()}
         manifest: dict[str, Any] = {
             "manifest_version": MANIFEST_VERSION,
             "name": stem,
@@ -127,25 +137,91 @@ def convert_statement(
             "destination": dest_fs.unstrip_protocol(dest_path),
             "tables": {},
         }
-        publication.begin(paths.values())
-        try:
-            for table in tables:
-                path = paths[table.name]
-                columns = write_table(table, dest_fs, path, output_format)
-                publication.wrote(path)
-                manifest["tables"][table.name] = table_entry(
-                    table.section, table.element, dest_fs.unstrip_protocol(path), table.rows, columns
-                )
-            manifest["rows"] = sum(table.rows for table in tables)
-            if previous_manifest is not None:
-                manifest["changes"] = changes_since(previous_manifest, manifest["tables"])
-            manifest["uri"] = dest_fs.unstrip_protocol(publication.manifest_path)
-            publication.commit(manifest)
-        except BaseException:
-            publication.abort()
-            raise
-        publication.retire()
+        if output_format == "delta":
+            _write_delta(tables, dest_fs, dest_path, manifest, constants, merge_keys, delta_storage_options)
+        else:
+            _write_files(tables, dest_fs, dest_path, manifest, constants, publication, output_format)
+        manifest["rows"] = sum(table.rows for table in tables)
+        if previous_manifest is not None:
+            manifest["changes"] = changes_since(previous_manifest, manifest["tables"])
+        manifest["uri"] = dest_fs.unstrip_protocol(publication.manifest_path)
+        if output_format == "delta":
+            # The cross-table record of this statement's commits, written last.
+            with atomic_open(dest_fs, publication.manifest_path) as out:
+                out.write(json.dumps(manifest, indent=2).encode())
+        else:
+            try:
+                publication.commit(manifest)
+            except BaseException:
+                publication.abort()
+                raise
+            publication.retire()
     return manifest
+
+
+def _write_files(
+    tables: list[Table],
+    fs: Any,
+    root: str,
+    manifest: dict[str, Any],
+    constants: dict[str, str],
+    publication: Publication,
+    output_format: str,
+) -> None:
+    """Parquet or CSV: each table a file of this run's, recorded before anything is written."""
+    folders = {table.name: table_folder(root, table.section, table.element) for table in tables}
+    paths = {name: publication.file_path(folder, output_format) for name, folder in folders.items()}
+    publication.begin(paths.values())
+    try:
+        for table in tables:
+            path = paths[table.name]
+            columns = write_table(table, fs, path, output_format, constants)
+            publication.wrote(path)
+            manifest["tables"][table.name] = table_entry(
+                table.section, table.element, fs.unstrip_protocol(path), table.rows, columns
+            )
+    except BaseException:
+        publication.abort()
+        raise
+
+
+def _write_delta(
+    tables: list[Table],
+    fs: Any,
+    root: str,
+    manifest: dict[str, Any],
+    constants: dict[str, str],
+    merge_keys: Mapping[str, Sequence[str]] | None,
+    extra_options: Mapping[str, str] | None,
+) -> None:
+    """Delta: each table merged or replaced in one commit of its own (see ``delta``)."""
+    from airflow_provider_ibflex.tables import delta
+
+    options = delta.storage_options(fs, extra_options)
+    metadata = {
+        "ibflex.name": manifest["name"],
+        "ibflex.run": manifest["run"],
+        "ibflex.sha256": constants[SHA256],
+    }
+    rules = {table.name: rule_for(table.name, table.columns, merge_keys) for table in tables}
+    plans = {table.name: plan_table(table) for table in tables}
+
+    def batches(table: Table) -> Callable[[], Iterator[pa.RecordBatch]]:
+        schema = table_schema(plans[table.name])
+        return lambda: (_typed(batch, plans[table.name], schema, constants) for batch in table.batches())
+
+    # Every key is checked before any table is written: a refused statement writes nothing.
+    for table in tables:
+        delta.check_unique(batches(table)(), rules[table.name])
+    for table in tables:
+        schema = table_schema(plans[table.name])
+        location = delta.table_location(fs, root, table.section, table.element)
+        written = delta.write_table(location, options, schema, batches(table), rules[table.name], metadata)
+        entry = table_entry(
+            table.section, table.element, location, table.rows, [(f.name, str(f.type)) for f in schema]
+        )
+        entry |= {"version": written["version"], "rule": rules[table.name].describe()}
+        manifest["tables"][table.name] = entry
 
 
 class HashingReader:
@@ -235,14 +311,15 @@ def plan_table(table: Table) -> list[typing_.ColumnPlan]:
     """The columns a table is written with, in a stable order: ``section`` and ``rowNumber``, the
     row element's attributes in the catalogue's order, attributes the catalogue does not list for it
     in the order first seen, then what every row carries (its account, its statement's dates and
-    period). The plan depends on the column names only, never on the values.
+    period, and the statement's sha256). The plan depends on the column names only, never on the
+    values.
 
     :param table: the collected table.
     """
     order = {name: index for index, name in enumerate(catalogue.ELEMENT_ATTRIBUTES.get(table.element, ()))}
     known = sorted((n for n in table.columns if n in order), key=order.__getitem__)
     unknown = [n for n in table.columns if n not in order]
-    carried = [*STATEMENT_COLUMNS.values()]
+    carried = [*STATEMENT_COLUMNS.values(), SHA256]
     if table.carries_account and ACCOUNT not in table.columns:
         carried.insert(0, ACCOUNT)
     plans = [typing_.plan_column(SECTION, "string"), typing_.plan_column(ROW_NUMBER, "integer")]
@@ -264,13 +341,16 @@ def table_schema(plans: list[typing_.ColumnPlan]) -> pa.Schema:
     return pa.schema(fields)
 
 
-def write_table(table: Table, fs: Any, path: str, output_format: str) -> list[tuple[str, str]]:
+def write_table(
+    table: Table, fs: Any, path: str, output_format: str, constants: Mapping[str, str]
+) -> list[tuple[str, str]]:
     """Write one table from its spool, typed, atomically; return its columns' names and types.
 
     :param table: the collected table.
     :param fs: the destination filesystem.
     :param path: the file's path on it.
     :param output_format: ``parquet`` or ``csv``.
+    :param constants: the values of the columns every row of the statement shares (its sha256).
     """
     plans = plan_table(table)
     schema = table_schema(plans)
@@ -290,7 +370,7 @@ def write_table(table: Table, fs: Any, path: str, output_format: str) -> list[tu
         held: list[pa.RecordBatch] = []
         held_bytes = 0
         for batch in table.batches():
-            typed = _typed(batch, plans, schema)
+            typed = _typed(batch, plans, schema, constants)
             held.append(typed)
             held_bytes += typed.nbytes
             if held_bytes >= ROW_GROUP_BYTES:
@@ -302,11 +382,16 @@ def write_table(table: Table, fs: Any, path: str, output_format: str) -> list[tu
     return [(f.name, str(f.type)) for f in schema]
 
 
-def _typed(batch: pa.RecordBatch, plans: list[typing_.ColumnPlan], schema: pa.Schema) -> pa.RecordBatch:
+def _typed(
+    batch: pa.RecordBatch, plans: list[typing_.ColumnPlan], schema: pa.Schema, constants: Mapping[str, str]
+) -> pa.RecordBatch:
     arrays: list[pa.Array] = []
     for plan in plans:
         index = batch.schema.get_field_index(plan.name)
-        text = batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, pa.string())
+        if plan.name in constants:
+            text = pa.nulls(batch.num_rows, pa.string()).fill_null(constants[plan.name])
+        else:
+            text = batch.column(index) if index >= 0 else pa.nulls(batch.num_rows, pa.string())
         typed, raw = typing_.convert(plan, text)
         arrays.append(typed)
         if plan.raw:

@@ -3,7 +3,8 @@
 The manifests are the commit points of the conversions (``publish``): reading through them never
 sees a set half-published, a killed run's leftovers or a previous run's files still being retired.
 The files' schemas are unified by column name (one name has one type in every file the converter
-writes), so a column that only some statements have comes back null for the others.
+writes), so a column that only some statements have comes back null for the others. A Delta
+destination holds one table for every statement: its latest version is read.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pyarrow.dataset as ds
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from airflow_provider_ibflex.tables import values as typing_
-from airflow_provider_ibflex.tables.collect import CARRIED_KINDS, ROW_NUMBER
+from airflow_provider_ibflex.tables.collect import CARRIED_KINDS, ROW_NUMBER, SHA256
 from airflow_provider_ibflex.tables.convert import locate
 from airflow_provider_ibflex.tables.errors import FlexTablesError
 from airflow_provider_ibflex.tables.layout import MANIFEST_FOLDER
@@ -63,7 +64,8 @@ def read_table(
 
     :param destination: the converter's destination (URL, local path, or ObjectStoragePath).
     :param table: the table's name.
-    :param names: only these conversions (the operator's ``name``, e.g. ``2026-11-20-123456``).
+    :param names: only these conversions (the operator's ``name``, e.g. ``2026-11-20-123456``); in a
+        Delta table, the rows of their statements as the table holds them now.
     :param columns: only these columns.
     :param filter: a pyarrow dataset filter, e.g. ``pc.field("accountId") == "U1234567"``.
     :param as_dataset: return the ``pyarrow.dataset.Dataset`` instead of reading it.
@@ -71,15 +73,18 @@ def read_table(
     fs, root = locate(destination)
     published = manifests(destination)
     wanted = None if names is None else set(names)
-    entries = [
-        manifest["tables"][table]
+    chosen = {
+        name: manifest
         for name, manifest in published.items()
         if (wanted is None or name in wanted) and table in manifest["tables"]
-    ]
+    }
+    entries = [manifest["tables"][table] for manifest in chosen.values()]
     if not entries:
         known = sorted({name for manifest in published.values() for name in manifest["tables"]})
         where = f"tables there: {', '.join(known)}" if known else "no conversion was published there"
         raise FlexTablesError(f"no statement converted under {root} has the table {table!r} ({where})")
+    if any(manifest.get("format") == "delta" for manifest in chosen.values()):
+        return _delta_table(fs, chosen, table, names is not None, columns, filter, as_dataset)
     filesystem = PyFileSystem(FSSpecHandler(fs))
     parts: list[ds.Dataset] = []
     for output_format in ("parquet", "csv"):
@@ -90,6 +95,32 @@ def read_table(
     dataset = ds.dataset([part.replace_schema(schema) for part in parts]) if len(parts) > 1 else parts[0]
     if as_dataset:
         return dataset
+    return dataset.to_table(columns=columns, filter=filter)
+
+
+def _delta_table(
+    fs: Any,
+    chosen: dict[str, dict[str, Any]],
+    table: str,
+    only_chosen: bool,
+    columns: list[str] | None,
+    filter: ds.Expression | None,
+    as_dataset: bool,
+) -> pa.Table | ds.Dataset:
+    """A Delta table's latest version (every statement merged into it), or only the rows of the
+    chosen conversions' statements."""
+    from deltalake import DeltaTable
+
+    from airflow_provider_ibflex.tables.delta import storage_options
+
+    latest = chosen[max(chosen)]["tables"][table]
+    dataset = DeltaTable(latest["uri"], storage_options=storage_options(fs) or None).to_pyarrow_dataset()
+    if only_chosen:
+        shas = [manifest["source"]["sha256"] for manifest in chosen.values()]
+        mine = ds.field(SHA256).isin(shas)
+        filter = mine if filter is None else filter & mine
+    if as_dataset:
+        return dataset if filter is None else dataset.filter(filter)
     return dataset.to_table(columns=columns, filter=filter)
 
 
