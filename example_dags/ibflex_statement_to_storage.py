@@ -3,7 +3,9 @@ and turn it into typed tables.
 
 send_request (worker) -> land_statement (deferrable sensor: waits in the triggerer, downloads on a
 worker) -> ``<base>/ibflex/<date>/<query_id>.xml`` -> statement_to_tables -> one Parquet file per
-section and row element under ``<base>/ibflex/tables/`` (needs ``airflow-provider-ibflex[tables]``).
+section and row element under ``<base>/ibflex/tables/``, and statement_to_delta -> the same rows
+merged into one Delta Lake table per section and row element under ``<base>/ibflex/delta/``, holding
+every day (both need ``airflow-provider-ibflex[tables]``).
 The base comes from the ``destination_base`` param, else the ``ibflex_destination_base`` Variable,
 else a local folder. Point it at real data by
 setting the ``ibflex_default`` connection's password to your token and ``query_id`` to your query.
@@ -24,8 +26,10 @@ LOCAL_BASE = "file://" + os.path.join(
     os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "statements"
 )
 BASE = "{{ params.destination_base or var.value.get('ibflex_destination_base', '" + LOCAL_BASE + "') }}"
-# DAGs can be scheduled on this: each run's event carries the table's new rows and file.
+# DAGs can be scheduled on these: each run's event carries the table's new rows and file (for the
+# Delta table, its URI and new version).
 TRADES = table_asset("Trades/Trade", name="ibflex_trades")
+TRADES_HISTORY = table_asset("Trades/Trade", output_format="delta", name="ibflex_trades_history")
 
 with DAG(
     dag_id="ibflex_statement_to_storage",
@@ -72,4 +76,12 @@ with DAG(
         ),
         outlets=[TRADES],
     )
-    send_request >> land_statement >> statement_to_tables
+    statement_to_delta = IBFlexStatementToTablesOperator(
+        task_id="statement_to_delta",
+        statement=land_statement.output,
+        destination=BASE + "/ibflex/delta",
+        output_format="delta",
+        name="{{ data_interval_start | ds }}-{{ params.query_id }}",
+        outlets=[TRADES_HISTORY],
+    )
+    send_request >> land_statement >> [statement_to_tables, statement_to_delta]

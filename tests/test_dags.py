@@ -283,7 +283,9 @@ def test_example_dags_parse_without_errors_or_warnings() -> None:
         warnings.simplefilter("error")
         bag = DagBag(dag_folder=str(REPO / "example_dags"))
     assert bag.import_errors == {}
-    assert {"ibflex_statement_to_storage", "ibflex_many_queries"} <= set(bag.dag_ids)
+    assert {"ibflex_statement_to_storage", "ibflex_many_queries", "ibflex_delta_maintenance"} <= set(
+        bag.dag_ids
+    )
 
 
 def test_example_dag_runs_end_to_end(
@@ -298,7 +300,7 @@ def test_example_dag_runs_end_to_end(
     flex_simulator.add_query("100001", generation_polls=1, content="full", accounts=2, size=80_000)
     monkeypatch.setenv("AIRFLOW_VAR_IBFLEX_DESTINATION_BASE", f"file://{tmp_path}")
     states, run_id = run("ibflex_statement_to_storage")
-    assert set(states) == {"send_request", "land_statement", "statement_to_tables"}
+    assert set(states) == {"send_request", "land_statement", "statement_to_tables", "statement_to_delta"}
     assert set(states.values()) == {"success"}
     files = files_under(tmp_path)
     assert "ibflex/2026-11-20/100001.xml" in files
@@ -320,15 +322,25 @@ def test_example_dag_runs_end_to_end(
     assert event["rows"] == manifest["tables"]["Trades/Trade"]["rows"] > 0
     assert event["uri"] == manifest["tables"]["Trades/Trade"]["uri"]
 
-    # A second day's run compares against the first day's manifest.
+    # The same rows went into the Delta table, whose asset event names its new version.
+    delta = xcom_of(run_id, "statement_to_delta")["tables"]["Trades/Trade"]
+    history = asset_events("ibflex://delta/Trades/Trade")[-1]
+    assert history["uri"] == delta["uri"] == f"{tmp_path}/ibflex/delta/Trades/Trade"
+    assert history["version"] == delta["version"] == 1
+    from deltalake import DeltaTable
+
+    assert DeltaTable(delta["uri"]).to_pyarrow_table().num_rows == delta["rows"]
+
+    # A second day's run compares against the first day's manifest, and merges into the same table.
     states, run_id = run("ibflex_statement_to_storage", logical_date=LOGICAL_DATE + timedelta(days=1))
-    assert states["statement_to_tables"] == "success"
+    assert states["statement_to_tables"] == states["statement_to_delta"] == "success"
     assert xcom_of(run_id, "statement_to_tables")["changes"] == {
         "new_sections": [],
         "new_tables": [],
         "new_columns": {},
         "retyped_columns": {},
     }
+    assert xcom_of(run_id, "statement_to_delta")["tables"]["Trades/Trade"]["version"] == 2
 
 
 def test_mapped_example_dag(

@@ -59,6 +59,7 @@ def test_example_dag_defers_and_lands_in_a_real_airflow(stack: Stack) -> None:
         "send_request": "success",
         "land_statement": "success",
         "statement_to_tables": "success",
+        "statement_to_delta": "success",
     }
 
     # Airflow's own records: the sensor went through DEFERRED, and the triggerer ran its trigger.

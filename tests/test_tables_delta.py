@@ -355,3 +355,19 @@ def test_table_assets_name_the_delta_table() -> None:
         "/AccountInformation/AccountInformation"
     )
     assert pa.string()  # pyarrow is there for the converter
+
+
+def test_readme_delta_examples_run_as_written(tmp_path: Path) -> None:
+    import re
+
+    destination = tmp_path / "delta"
+    for n, name in ((1, "2026-11-19-123456"), (2, "2026-11-20-123456"), (3, "2026-11-21-123456")):
+        convert_statement(land(tmp_path, n), destination, output_format="delta", name=name)
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"<!-- delta-read -->\s*```python\n(.*?)```", readme, re.S)
+    assert block, "the README's Delta example is missing"
+    scope: dict[str, Any] = {"DELTA": str(destination)}
+    exec(block.group(1), scope)  # noqa: S102 - the README's own example
+    assert scope["trades"].num_rows == 3
+    assert scope["latest"].num_rows == 3  # day 3's statement covers days 1 to 3
+    assert scope["as_of_that_day"].num_rows == 2

@@ -45,7 +45,8 @@ def table_asset(
     """An Asset for one table, to put in the operator's ``outlets`` and schedule DAGs on.
 
     Its URI is the table's folder under ``destination``, or ``ibflex://tables/<Section>/<Element>``
-    when the destination is only known at run time (templated); either way the operator recognises
+    (``ibflex://delta/...`` for Delta) when the destination is only known at run time (templated);
+    either way the operator recognises
     it (by its ``ibflex_table`` extra) and its events carry the table's rows and file (for Delta,
     the table's URI and its new version).
 
@@ -55,11 +56,8 @@ def table_asset(
     :param kwargs: more Asset arguments (``name``, ``group``, ...).
     """
     section, element = split_table_name(table)
-    uri = (
-        table_uri(destination, table, output_format)
-        if destination
-        else f"ibflex://tables/{section}/{element}"
-    )
+    scheme = "ibflex://delta" if output_format == "delta" else "ibflex://tables"
+    uri = table_uri(destination, table, output_format) if destination else f"{scheme}/{section}/{element}"
     extra = {**kwargs.pop("extra", {}), TABLE_EXTRA: table}
     return Asset(uri=uri, extra=extra, **kwargs)
 
