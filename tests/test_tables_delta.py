@@ -371,3 +371,40 @@ def test_readme_delta_examples_run_as_written(tmp_path: Path) -> None:
     assert scope["trades"].num_rows == 3
     assert scope["latest"].num_rows == 3  # day 3's statement covers days 1 to 3
     assert scope["as_of_that_day"].num_rows == 2
+
+
+def test_rows_without_a_key_are_matched_by_their_place_in_their_statement(tmp_path: Path) -> None:
+    """A cash summary row has no transactionID: converting its statement again does not add it twice,
+    and a newer statement for the same period replaces it."""
+    destination = tmp_path / "delta"
+
+    def statement(generated: str, summary: str, rows: int) -> Path:
+        cash = [
+            {"accountId": "U1", "currency": "USD", "amount": str(n), "transactionID": f"T{n}"}
+            for n in range(rows)
+        ]
+        cash.append({"accountId": "U1", "currency": "USD", "amount": summary, "transactionID": ""})
+        text = statement_xml({"CashTransactions/CashTransaction": cash}, account="U1").replace(
+            ";083000", generated
+        )
+        path = tmp_path / f"cash-{generated.strip(';')}.xml"
+        path.write_text(text)
+        return path
+
+    first = statement(";083000", "10.5", 2)
+    for _ in range(2):
+        convert_statement(first, destination, output_format="delta", name="cash")
+    rows = (
+        DeltaTable(str(destination / "CashTransactions" / "CashTransaction")).to_pyarrow_table().to_pylist()
+    )
+    assert sorted(r["transactionID"] for r in rows) == ["", "T0", "T1"]
+    convert_statement(statement(";183000", "11.25", 3), destination, output_format="delta", name="cash")
+    rows = (
+        DeltaTable(str(destination / "CashTransactions" / "CashTransaction")).to_pyarrow_table().to_pylist()
+    )
+    assert sorted((r["transactionID"], r["amount"]) for r in rows) == [
+        ("", decimal.Decimal("11.25")),
+        ("T0", decimal.Decimal("0")),
+        ("T1", decimal.Decimal("1")),
+        ("T2", decimal.Decimal("2")),
+    ]

@@ -137,45 +137,91 @@ class Period:
         )
 
 
-def periods_of(batches: Iterator[pa.RecordBatch]) -> list[Period]:
-    """The distinct (account, period, generation time) of some rows.
+@dataclass(frozen=True)
+class Profile:
+    """What a statement's rows of one table are, found before they are written.
+
+    :param periods: their (account, period, generation time).
+    :param keyless: how many have no value for the table's key (``key`` rule only).
+    """
+
+    periods: list[Period]
+    keyless: int = 0
+
+
+def profile(batches: Iterator[pa.RecordBatch], rule: Rule) -> Profile:
+    """The rows' periods, and how many lack a key.
 
     :param batches: the rows, typed.
+    :param rule: the table's rule.
     """
     found: dict[tuple[Any, ...], Period] = {}
+    keyless = 0
     for batch in batches:
         table = pa.Table.from_batches([batch]).select([ACCOUNT, FROM, TO, WHEN])
         for row in table.group_by([ACCOUNT, FROM, TO, WHEN], use_threads=False).aggregate([]).to_pylist():
             period = Period(row[ACCOUNT], row[FROM], row[TO], row[WHEN])
             found[(period.account, period.start, period.end, period.generated)] = period
-    return list(found.values())
+        if rule.kind == "key":
+            keyless += batch.num_rows - int(pc.sum(pc.cast(_keyed(batch, rule), pa.int64())).as_py() or 0)
+    return Profile(list(found.values()), keyless)
 
 
-def newer_in_table(dt: Any, periods: list[Period]) -> set[tuple[Any, Any, Any]]:
-    """The (account, start, end) among ``periods`` for which the table holds rows of a newer statement.
+def _keyed(batch: pa.RecordBatch, rule: Rule) -> pa.Array:
+    mask = None
+    for column in rule.keys:
+        values = batch.column(column)
+        there = pc.and_(pc.is_valid(values), pc.not_equal(pc.cast(values, pa.string()), ""))
+        mask = there if mask is None else pc.and_(mask, there)
+    return pc.fill_null(mask, False) if mask is not None else pa.array([True] * batch.num_rows)
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a table already holds of a statement's periods.
+
+    :param stale: the (account, start, end) for which it holds a newer statement's rows.
+    :param keyless: whether it holds rows without a key in those periods.
+    """
+
+    stale: set[tuple[Any, Any, Any]]
+    keyless: bool
+
+
+def held(dt: Any, periods: list[Period], rule: Rule) -> Held:
+    """What the table holds of ``periods``: one query over a few columns.
 
     :param dt: the DeltaTable.
     :param periods: the statement's periods.
+    :param rule: the table's rule.
     """
     from deltalake import QueryBuilder
 
-    if WHEN not in [field.name for field in dt.schema().fields]:
-        return set()
+    names = [field.name for field in dt.schema().fields]
+    if WHEN not in names:
+        return Held(set(), False)
     accounts = sorted({p.account for p in periods if p.account is not None})
     where = f"WHERE {_quote(ACCOUNT)} IN ({', '.join(_literal(a) for a in accounts)})" if accounts else ""
+    keys = [k for k in rule.keys if k in names] if rule.kind == "key" else []
+    unkeyed = " AND ".join(f"NOT {_present(_quote(k))}" for k in keys) if len(keys) == len(rule.keys) else ""
+    counted = f"sum(CASE WHEN {unkeyed} THEN 1 ELSE 0 END)" if keys and unkeyed else "0"
     # Every name is quoted by _quote and every value by _literal: nothing from the statement is spliced.
     query = (
         f"SELECT {_quote(ACCOUNT)} AS account, {_quote(FROM)} AS start, {_quote(TO)} AS end_, "  # noqa: S608
-        f"max({_quote(WHEN)}) AS newest FROM held {where} GROUP BY 1, 2, 3"
+        f"max({_quote(WHEN)}) AS newest, {counted} AS keyless FROM held {where} GROUP BY 1, 2, 3"
     )
     rows = pa.table(QueryBuilder().register("held", dt).execute(query)).to_pylist()
-    newest = {(row["account"], row["start"], row["end_"]): row["newest"] for row in rows}
-    stale = set()
+    newest = {(row["account"], row["start"], row["end_"]): row for row in rows}
+    stale, keyless = set(), False
     for period in periods:
         there = newest.get((period.account, period.start, period.end))
-        if there is not None and period.generated is not None and there > period.generated:
+        if there is None:
+            continue
+        if period.generated is not None and there["newest"] > period.generated:
             stale.add((period.account, period.start, period.end))
-    return stale
+        elif there["keyless"]:
+            keyless = True
+    return Held(stale, keyless)
 
 
 def write_table(
@@ -200,7 +246,7 @@ def write_table(
     from deltalake.exceptions import CommitFailedError
 
     target = delta_schema(schema)
-    periods = periods_of(batches())
+    found = profile(batches(), rule)
     retrying = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(CommitFailedError),
         stop=tenacity.stop_after_attempt(COMMIT_ATTEMPTS),
@@ -210,7 +256,7 @@ def write_table(
     )
     for attempt in retrying:
         with attempt:
-            return _write_once(location, options, target, batches, rule, metadata, periods)
+            return _write_once(location, options, target, batches, rule, metadata, found)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -221,12 +267,14 @@ def _write_once(
     batches: Callable[[], Iterator[pa.RecordBatch]],
     rule: Rule,
     metadata: dict[str, str],
-    periods: list[Period],
+    found: Profile,
 ) -> dict[str, Any]:
     from deltalake import CommitProperties, DeltaTable, write_deltalake
 
     dt = _open_or_create(location, options, target)
-    stale = newer_in_table(dt, periods)
+    there = held(dt, found.periods, rule)
+    stale = there.stale
+    periods = found.periods
     fresh = [p for p in periods if (p.account, p.start, p.end) not in stale]
     if not fresh:
         log.info("%s already holds newer statements for every period of this one: unchanged", location)
@@ -253,15 +301,20 @@ def _write_once(
     else:
         keys = rule.keys
         keyed = " AND ".join(_present("s." + _quote(k)) for k in keys)
-        unkeyed = " AND ".join(f"NOT {_present('s.' + _quote(k))}" for k in keys)
-        target_unkeyed = " AND ".join(f"NOT {_present('t.' + _quote(k))}" for k in keys)
         same_key = " AND ".join(f"t.{_quote(k)} = s.{_quote(k)}" for k in keys)
-        same_place = " AND ".join(
-            f"(t.{_quote(c)} IS NOT DISTINCT FROM s.{_quote(c)})" for c in (ACCOUNT, FROM, TO, "rowNumber")
-        )
+        target_unkeyed = " AND ".join(f"NOT {_present('t.' + _quote(k))}" for k in keys)
+        predicate = f"{keyed} AND {same_key}"
+        if found.keyless:
+            # Rows without a key are matched by their place in their statement.
+            unkeyed = " AND ".join(f"NOT {_present('s.' + _quote(k))}" for k in keys)
+            same_place = " AND ".join(
+                f"(t.{_quote(c)} IS NOT DISTINCT FROM s.{_quote(c)})"
+                for c in (ACCOUNT, FROM, TO, "rowNumber")
+            )
+            predicate = f"({predicate}) OR ({unkeyed} AND {target_unkeyed} AND {same_place})"
         merger = dt.merge(
             source,
-            f"({keyed} AND {same_key}) OR ({unkeyed} AND {target_unkeyed} AND {same_place})",
+            predicate,
             source_alias="s",
             target_alias="t",
             merge_schema=True,
@@ -269,9 +322,13 @@ def _write_once(
         )
         merger = merger.when_matched_update_all(predicate=f"s.{_quote(WHEN)} >= t.{_quote(WHEN)}")
         merger = merger.when_not_matched_insert_all()
-        # Keyless rows of these periods that the statement no longer has.
-        periods_here = " OR ".join(p.predicate("t") for p in fresh)
-        merger = merger.when_not_matched_by_source_delete(predicate=f"{target_unkeyed} AND ({periods_here})")
+        if there.keyless:
+            # Keyless rows of these periods that the statement no longer has (only asked for when the
+            # table holds some: the clause makes the merge read every file of the table).
+            periods_here = " OR ".join(p.predicate("t") for p in fresh)
+            merger = merger.when_not_matched_by_source_delete(
+                predicate=f"{target_unkeyed} AND ({periods_here})"
+            )
         metrics = merger.execute()
     version = DeltaTable(location, storage_options=options or None).version()
     return {"version": version, "skipped_periods": len(stale), "metrics": metrics}
@@ -306,15 +363,10 @@ def check_unique(batches: Iterator[pa.RecordBatch], rule: Rule) -> None:
     """
     if rule.kind != "key":
         return
-    parts = [pa.Table.from_batches([b]).select(list(rule.keys)) for b in batches]
+    parts = [pa.Table.from_batches([b]).select(list(rule.keys)).filter(_keyed(b, rule)) for b in batches]
     if not parts:
         return
-    keys = pa.concat_tables(parts)
-    mask = None
-    for column in rule.keys:
-        there = pc.and_(pc.is_valid(keys[column]), pc.not_equal(pc.cast(keys[column], pa.string()), ""))
-        mask = there if mask is None else pc.and_(mask, there)
-    keyed = keys.filter(mask) if mask is not None else keys
+    keyed = pa.concat_tables(parts)
     counts = keyed.group_by(list(rule.keys), use_threads=False).aggregate([([], "count_all")])
     repeated = counts.filter(pc.greater(counts["count_all"], 1))
     if repeated.num_rows:
