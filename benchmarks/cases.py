@@ -142,11 +142,50 @@ def tables_convert(spec: dict[str, Any], result: dict[str, Any]) -> None:
     result["outcome"] = "tables"
 
 
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def delta_daily(spec: dict[str, Any], result: dict[str, Any]) -> None:
+    """Daily statements merged one after another into the same Delta tables, as a worker would."""
+    from deltalake import DeltaTable
+
+    from airflow_provider_ibflex.tables import convert_statement
+
+    days = []
+    for number, source in enumerate(spec["sources"], start=1):
+        started = time.perf_counter()
+        convert_statement(source, spec["destination"], output_format="delta", name=f"day-{number:02d}")
+        trades = DeltaTable(os.path.join(spec["destination"], "Trades", "Trade"))
+        days.append(
+            {
+                "seconds": time.perf_counter() - started,
+                "trade_rows": trades.to_pyarrow_dataset().count_rows(),
+                "table_bytes": _folder_bytes(spec["destination"]),
+            }
+        )
+    result["days"] = days
+    result["outcome"] = "tables"
+
+
+def delta_merge(spec: dict[str, Any], result: dict[str, Any]) -> None:
+    """One large statement merged into Delta tables that already hold days of statements."""
+    from airflow_provider_ibflex.tables import convert_statement
+
+    convert_statement(spec["warm"], spec["warm_destination"], output_format="delta")  # the one-time costs
+    with measured(result):
+        manifest = convert_statement(spec["source"], spec["destination"], output_format="delta", name="large")
+    result["rows"] = manifest["rows"]
+    result["outcome"] = "tables"
+
+
 CASES = {
     "hook": hook_download,
     "plain": plain_copy,
     "provider_polling": provider_polling,
     "tables": tables_convert,
+    "delta_daily": delta_daily,
+    "delta_merge": delta_merge,
 }
 
 

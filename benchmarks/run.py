@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -294,6 +295,72 @@ def bench_tables(size: int, workdir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+# -- 7: statement history in Delta Lake --------------------------------------------------------------
+
+
+def _daily_statement(path: Path, size: int, number: int) -> None:
+    """Day ``number``'s statement: the full statement's shape, with its own trades (transaction ids
+    unique to the day) and dates, as a daily query gives."""
+    from airflow_provider_ibflex.simulator import GeneratedStatement, StatementShape
+
+    statement = GeneratedStatement(StatementShape(content="full", accounts=2, extras=False, size=size))
+    day = (datetime.date(2026, 10, 1) + datetime.timedelta(days=number - 1)).strftime("%Y%m%d")
+    with path.open("wb") as out:
+        for chunk in statement.chunks():
+            chunk = chunk.replace(b'transactionID="9', f'transactionID="{number:02d}'.encode())
+            chunk = chunk.replace(b"20261120", day.encode()).replace(b"20261123;", f"{day};".encode())
+            out.write(chunk)
+
+
+def bench_delta(daily_size: int, days: int, large_size: int, workdir: Path) -> dict[str, Any]:
+    """``days`` daily statements merged into Delta tables, then a large statement merged into them,
+    against the same large statement converted to plain Parquet."""
+    sources = []
+    for number in range(1, days + 1):
+        path = workdir / f"daily-{number:02d}.xml"
+        _daily_statement(path, daily_size, number)
+        sources.append(str(path))
+    destination = workdir / "delta"
+    daily = run_case("ours", "delta_daily", {"sources": sources, "destination": str(destination)})
+    for source in sources:
+        Path(source).unlink()
+    large, warm = workdir / "large.xml", workdir / "warm.xml"
+    _daily_statement(large, large_size, days + 1)
+    _daily_statement(warm, 5 * MB, days + 2)
+    merge = run_case(
+        "ours",
+        "delta_merge",
+        {
+            "source": str(large),
+            "destination": str(destination),
+            "warm": str(warm),
+            "warm_destination": str(workdir / "warm-delta"),
+        },
+    )
+    parquet = run_case(
+        "ours",
+        "tables",
+        {"source": str(large), "warm": str(warm), "destination": str(workdir / "parquet")},
+    )
+    large_mb = large.stat().st_size / MB
+    large.unlink()
+    return {
+        "daily_mb": daily_size / MB,
+        "daily": daily.get("days") or [],
+        "daily_outcome": daily.get("outcome"),
+        "large_mb": large_mb,
+        "merge": merge,
+        "parquet": parquet,
+    }
+
+
+def bench_delta_sized(smoke: bool, workdir: Path) -> dict[str, Any]:
+    """Section 7 at its size: 30 days of 10 MB and 1 GB, or a smoke run's few small ones."""
+    if smoke:
+        return bench_delta(200_000, 3, 2 * MB, workdir)
+    return bench_delta(10 * MB, 30, 1000 * MB, workdir)
+
+
 # -- report ------------------------------------------------------------------------------------------
 
 
@@ -390,10 +457,42 @@ def report(results: dict[str, Any]) -> str:
                 f"{_fmt(row['size_mb'] / seconds if seconds else None):>8} "
                 f"{_fmt(row.get('rows', 0) / seconds if seconds else None, 0):>9}  {row.get('outcome')}"
             )
+    lines += delta_report(results.get("delta"))
     lines += ["", "Targets"]
     for goal, measured, met in targets(results):
         lines.append(f"  {'met   ' if met else 'MISSED'}  {goal}: {measured}")
     return "\n".join(lines)
+
+
+def delta_report(delta: dict[str, Any] | None) -> list[str]:
+    """Section 7's lines."""
+    if not delta:
+        return []
+    days = delta.get("daily") or []
+    lines = [
+        "",
+        f"7. Statement history in Delta Lake: {len(days)} daily statements of {_fmt(delta['daily_mb'], 1)} "
+        f"MB, then one of {_fmt(delta['large_mb'], 0)} MB",
+    ]
+    if days:
+        seconds = [day["seconds"] for day in days]
+        growth = (days[-1]["table_bytes"] - days[0]["table_bytes"]) / MB / max(len(days) - 1, 1)
+        lines.append(
+            f"per statement {_fmt(sum(seconds) / len(seconds), 2)} s on average (first "
+            f"{_fmt(seconds[0], 2)} s, last {_fmt(seconds[-1], 2)} s); after {len(days)} days "
+            f"{days[-1]['trade_rows']} trades, {_fmt(days[-1]['table_bytes'] / MB)} MB on disk "
+            f"(+{_fmt(growth, 2)} MB a day)"
+        )
+    merge, parquet = delta.get("merge") or {}, delta.get("parquet") or {}
+    rate = (merge.get("rows") or 0) / merge["seconds"] if merge.get("seconds") else None
+    plain = (parquet.get("rows") or 0) / parquet["seconds"] if parquet.get("seconds") else None
+    ratio = rate / plain if rate and plain else None
+    lines.append(
+        f"merging the {_fmt(delta['large_mb'], 0)} MB statement into them: RSS growth "
+        f"{_fmt(merge.get('rss_growth_mib'))} MiB, {_fmt(rate, 0)} rows/s; the same statement to plain "
+        f"Parquet: {_fmt(plain, 0)} rows/s (Delta at {_fmt(ratio, 2)}x)"
+    )
+    return lines
 
 
 def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -424,9 +523,21 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool]]:
             and (shared.get("vs_ideal") or 99) <= 1.5,
         )
     ]
+    merge = (results.get("delta") or {}).get("merge") or {}
+    delta_targets = []
+    if merge:
+        growth = merge.get("rss_growth_mib")
+        delta_targets.append(
+            (
+                "Delta: RSS growth <= 512 MiB merging the large statement into 30 days",
+                f"{_fmt(growth)} MiB",
+                growth is not None and growth <= 512,
+            )
+        )
     return [
         *distributed,
         *tables_targets(results.get("tables") or []),
+        *delta_targets,
         ("RSS growth <= 32 MiB at every size", f"{growth:.1f} MiB", growth <= 32),
         (f"throughput >= 0.9x plain copy at {largest:g} MB", f"{ratio:.2f}x", ratio >= 0.9),
         (
@@ -499,16 +610,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--report", type=Path, help="print the table of an earlier run's JSON and stop")
     parser.add_argument(
-        "--only", choices=["tables", "triggers"], help="run this benchmark alone (merged into --out)"
+        "--only", choices=["tables", "triggers", "delta"], help="run this benchmark alone (merged into --out)"
     )
     args = parser.parse_args(argv)
     if args.report:
         print(report(json.loads(args.report.read_text())))
         return 0
     if args.only:
+        alone: dict[str, Any]
         with tempfile.TemporaryDirectory(prefix="ibflex-bench-") as tmp:
             if args.only == "tables":
                 alone = {"tables": bench_tables(2 * MB if args.smoke else 1000 * MB, Path(tmp))}
+            elif args.only == "delta":
+                alone = {"delta": bench_delta_sized(args.smoke, Path(tmp))}
             else:
                 alone = {
                     "trigger_scale": bench_trigger_scale(
@@ -542,6 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "distributed": bench_distributed(workdir, queries=3 if args.smoke else 10),
             "tables": bench_tables(2 * MB if args.smoke else 1000 * MB, workdir),
+            "delta": bench_delta_sized(args.smoke, workdir),
         }
     args.out.write_text(json.dumps(results, indent=2))
     print(report(results))
