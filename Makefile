@@ -5,12 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := airflow_provider_ibflex tests example_dags scripts $(wildcard benchmarks/*.py)
 
-.PHONY: install anchors packages lint typecheck test demo bench clean
+.PHONY: install anchors packages lint typecheck dist compat test demo bench clean
 
+# The provider with every public extra, and the development tools of the dev dependency group
+# (pip 25.1 or later reads dependency groups).
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]" -c constraints.txt
+	$(BIN)/python -m pip install --quiet -e ".[tables,redis,postgres]" --group dev -c constraints.txt
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -45,7 +47,20 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) anchors packages lint typecheck
+# The release artefacts: the sdist and wheel build, twine accepts them, and scripts/check_dist.py checks
+# what they hold (the wheel's files and metadata; the sdist's test suite, run once extracted).
+dist: $(STAMP)
+	rm -rf dist build
+	$(BIN)/python -m build --outdir dist . >/dev/null
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python scripts/check_dist.py dist
+
+# The built wheel on every supported Airflow minor, each in a clean venv from the constraints file kept
+# for it in tests/compat/constraints (scripts/compat.py; venvs are kept in .compat between runs).
+compat: $(STAMP)
+	$(BIN)/python scripts/compat.py
+
+test: $(STAMP) anchors packages lint typecheck dist compat
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 	# Once more with every simulator answer gzip-encoded, as a compressing service or proxy sends it
 	# (the chaos test is about processes and stores, not encodings: once is enough).
@@ -58,4 +73,5 @@ bench: $(STAMP) anchors packages
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) $(ANCHORS) .demo .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(ANCHORS) .compat .demo .mypy_cache .ruff_cache .pytest_cache .hypothesis dist build \
+	  *.egg-info

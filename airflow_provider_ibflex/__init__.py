@@ -19,11 +19,55 @@ def _number_field(label: str, description: str, default: float) -> dict[str, Any
     }
 
 
-def get_provider_info() -> dict[str, Any]:
-    """Describe the provider to Airflow's ProvidersManager."""
+def connection_type() -> dict[str, Any]:
+    """The ``ibflex`` connection type: its hook, its name in the UI and its form (the ``conn-fields``
+    Airflow 3.2 and later read without importing the hook; earlier versions ask the hook, which
+    builds its form from the same fields)."""
     from airflow_provider_ibflex.protocol import DEFAULT_BASE_URL, DEFAULT_VERSION
     from airflow_provider_ibflex.settings import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
 
+    return {
+        "hook-class-name": "airflow_provider_ibflex.hooks.ibflex.IBFlexHook",
+        "hook-name": "Interactive Brokers Flex Web Service",
+        "connection-type": "ibflex",
+        "ui-field-behaviour": {
+            "hidden-fields": ["login", "port", "schema"],
+            "relabeling": {"password": "Flex Web Service token", "host": "Service base URL"},
+            "placeholders": {
+                "host": DEFAULT_BASE_URL,
+                "password": "token from Account Management > Reports > Settings > Flex Web Service",
+                "extra": '{"version": 3}',
+            },
+        },
+        "conn-fields": {
+            "version": {
+                "label": "Flex Web Service version",
+                "description": "3 (recommended) or 2.",
+                "schema": {
+                    "type": ["integer", "null"],
+                    "default": DEFAULT_VERSION,
+                    "enum": [3, 2, None],
+                },
+            },
+            "user_agent": {
+                "label": "User-Agent",
+                "description": "Replaces the default airflow-provider-ibflex/<version> Python/<x.y>.",
+                "schema": {"type": ["string", "null"]},
+            },
+            "connect_timeout": _number_field(
+                "Connect timeout (s)", "Seconds to establish a connection.", DEFAULT_CONNECT_TIMEOUT
+            ),
+            "read_timeout": _number_field(
+                "Read timeout (s)",
+                "Seconds to wait for data on an open connection.",
+                DEFAULT_READ_TIMEOUT,
+            ),
+        },
+    }
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Describe the provider to Airflow's ProvidersManager."""
     return {
         "package-name": "airflow-provider-ibflex",
         "name": "Interactive Brokers Flex",
@@ -91,44 +135,5 @@ def get_provider_info() -> dict[str, Any]:
                 },
             }
         },
-        "connection-types": [
-            {
-                "hook-class-name": "airflow_provider_ibflex.hooks.ibflex.IBFlexHook",
-                "hook-name": "Interactive Brokers Flex Web Service",
-                "connection-type": "ibflex",
-                "ui-field-behaviour": {
-                    "hidden-fields": ["login", "port", "schema"],
-                    "relabeling": {"password": "Flex Web Service token", "host": "Service base URL"},
-                    "placeholders": {
-                        "host": DEFAULT_BASE_URL,
-                        "password": "token from Account Management > Reports > Settings > Flex Web Service",
-                        "extra": '{"version": 3}',
-                    },
-                },
-                "conn-fields": {
-                    "version": {
-                        "label": "Flex Web Service version",
-                        "description": "3 (recommended) or 2.",
-                        "schema": {
-                            "type": ["integer", "null"],
-                            "default": DEFAULT_VERSION,
-                            "enum": [3, 2, None],
-                        },
-                    },
-                    "user_agent": {
-                        "label": "User-Agent",
-                        "description": "Replaces the default airflow-provider-ibflex/<version> Python/<x.y>.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "connect_timeout": _number_field(
-                        "Connect timeout (s)", "Seconds to establish a connection.", DEFAULT_CONNECT_TIMEOUT
-                    ),
-                    "read_timeout": _number_field(
-                        "Read timeout (s)",
-                        "Seconds to wait for data on an open connection.",
-                        DEFAULT_READ_TIMEOUT,
-                    ),
-                },
-            }
-        ],
+        "connection-types": [connection_type()],
     }

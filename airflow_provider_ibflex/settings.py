@@ -8,7 +8,7 @@ a worker, the trigger in a thread beside its event loop.
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,13 +125,25 @@ def load_settings(conn_id: str) -> FlexSettings:
 
     :param conn_id: the connection id.
     """
-    from airflow.sdk import BaseHook
-    from airflow.sdk.log import mask_secret
+    from airflow.providers.common.compat.sdk import BaseHook
 
     conn = BaseHook.get_connection(conn_id)
     if conn.password:
-        mask_secret(conn.password)
+        _mask_secret()(conn.password)
     return settings_from_connection(conn_id, conn.password, conn.host, conn.extra_dejson)
+
+
+def _mask_secret() -> Callable[[str], None]:
+    try:
+        from airflow.providers.common.compat.sdk import mask_secret
+    except ImportError:
+        # common-compat 1.20, the last release for Python 3.10, does not map mask_secret yet.
+        try:
+            from airflow.sdk.log import mask_secret
+        except ImportError:  # Airflow 2
+            from airflow.utils.log.secrets_masker import mask_secret  # type: ignore[no-redef]
+    masker: Callable[[str], None] = mask_secret
+    return masker
 
 
 def _number(extra: Mapping[str, Any], name: str, kind: type, default: float, minimum: float) -> Any:

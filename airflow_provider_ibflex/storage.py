@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from airflow.sdk import ObjectStoragePath
+from airflow.providers.common.compat.sdk import ObjectStoragePath
 
 from airflow_provider_ibflex.atomic import atomic_open
 from airflow_provider_ibflex.protocol import BodyKind, FlexInputError, StatementDigest
@@ -96,7 +96,7 @@ def report_lineage(target: ObjectStoragePath) -> None:
     :param target: the file written.
     """
     try:
-        from airflow.sdk.lineage import get_hook_lineage_collector
+        from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
     except ImportError:  # pragma: no cover - lineage is optional
         return
     try:

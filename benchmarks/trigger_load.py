@@ -89,7 +89,7 @@ def _ours(spec: dict[str, Any], codes: list[str], deadline: float) -> list[BaseT
     if spec.get("masker_warm"):
         # A triggerer that has run for a while already knows its tokens: Airflow's masker compiled
         # them in long ago. Registering them up front leaves only the polling to measure.
-        from airflow.sdk.log import mask_secret
+        from airflow.providers.common.compat.sdk import mask_secret
 
         for token in tokens:
             mask_secret(token)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.providers.common.compat.sdk import DAG, Param
 
 from airflow_provider_ibflex.operators.tables import IBFlexDeltaMaintenanceOperator
 

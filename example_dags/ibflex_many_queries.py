@@ -12,7 +12,7 @@ import os
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.providers.common.compat.sdk import DAG, Param, task
 
 from airflow_provider_ibflex.operators.ibflex import IBFlexSendRequestOperator
 from airflow_provider_ibflex.sensors.ibflex import IBFlexStatementSensor

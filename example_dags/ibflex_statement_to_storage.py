@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param
+from airflow.providers.common.compat.sdk import DAG, Param
 
 from airflow_provider_ibflex.operators.ibflex import IBFlexSendRequestOperator
 from airflow_provider_ibflex.operators.tables import IBFlexStatementToTablesOperator, table_asset
@@ -59,6 +59,7 @@ with DAG(
         task_id="land_statement",
         reference_code=send_request.output,
         url="{{ ti.xcom_pull(task_ids='send_request', key='statement_url') }}",
+        query_id="{{ params.query_id }}",  # named in the task's OpenLineage events
         destination=BASE + "/ibflex/{{ data_interval_start | ds }}/{{ params.query_id }}.xml",
         deferrable=True,
         poke_interval=10,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tempfile
@@ -17,12 +18,20 @@ os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_HOME / 'airflow.db'}")
 # dag.test() runs DAGs from the configured bundle: tests copy their DAG files here.
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(_HOME / "dags"))
+# OpenLineage events of every task the tests run, one JSON line each, for the lineage test to read.
+OPENLINEAGE_EVENTS = _HOME / "openlineage.jsonl"
+os.environ.setdefault(
+    "AIRFLOW__OPENLINEAGE__TRANSPORT",
+    json.dumps({"type": "file", "log_file_path": str(OPENLINEAGE_EVENTS), "append": True}),
+)
 
 import pytest  # noqa: E402
 
 from airflow_provider_ibflex.simulator import FlexSimulator  # noqa: E402
 
 pytest_plugins = ["airflow_provider_ibflex.simulator.pytest_plugin", "tests.faults"]
+# The compatibility subset runs against the built wheel, in venvs of its own (make compat).
+collect_ignore = ["compat"]
 
 # Extras that keep tests fast: no pacing, short waits; tests of pacing and throttling set their own.
 FAST_EXTRAS: dict[str, Any] = {

@@ -358,3 +358,83 @@ def test_mapped_example_dag(
     states, _ = run("ibflex_many_queries")
     assert set(states.values()) == {"success"} and len(states) == 5
     assert files_under(tmp_path) == ["ibflex/2026-11-20/100001.xml", "ibflex/2026-11-20/100002.csv"]
+
+
+def lineage_events(job: str, wait: float = 30.0) -> list[dict[str, Any]]:
+    """The OpenLineage COMPLETE events of a job (``<dag_id>.<task_id>``), from the file transport."""
+    import time
+
+    from tests.conftest import OPENLINEAGE_EVENTS
+
+    deadline = time.monotonic() + wait
+    while True:
+        lines = OPENLINEAGE_EVENTS.read_text().splitlines() if OPENLINEAGE_EVENTS.exists() else []
+        events = [json.loads(line) for line in lines if line.strip()]
+        found = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"] == job]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_example_dag_emits_lineage_a_lineage_server_can_read(
+    flex_simulator: FlexSimulator,
+    conn_env: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = flex_simulator.add_token(new_token())
+    conn_env(token)
+    flex_simulator.add_query("100001", generation_polls=1, content="full", accounts=2, size=50_000)
+    monkeypatch.setenv("AIRFLOW_VAR_IBFLEX_DESTINATION_BASE", f"file://{tmp_path}")
+    states, run_id = run("ibflex_statement_to_storage", logical_date=LOGICAL_DATE + timedelta(days=40))
+    assert set(states.values()) == {"success"}
+    dag = "ibflex_statement_to_storage"
+    query = {
+        "namespace": f"ibflex://{flex_simulator.base_url.split('//')[1].split(':')[0]}",
+        "name": "query/100001",
+    }
+
+    (send,) = [
+        e
+        for e in lineage_events(f"{dag}.send_request")
+        if e["run"]["facets"]["airflow"]["dagRun"]["run_id"] == run_id
+    ] or [None]
+    assert send and [{k: d[k] for k in ("namespace", "name")} for d in send["inputs"]] == [query]
+
+    landed = xcom_of(run_id, "land_statement")
+    (land,) = [
+        e
+        for e in lineage_events(f"{dag}.land_statement")
+        if e["run"]["facets"]["airflow"]["dagRun"]["run_id"] == run_id
+    ] or [None]
+    assert land and [{k: d[k] for k in ("namespace", "name")} for d in land["inputs"]] == [query]
+    (statement,) = land["outputs"]
+    assert (statement["namespace"], statement["name"]) == ("file", landed["uri"].removeprefix("file://"))
+    assert statement["facets"]["version"]["datasetVersion"] == landed["sha256"]
+    assert statement["outputFacets"]["outputStatistics"]["size"] == landed["size"]
+
+    for task, layout in (
+        ("statement_to_tables", "tables/section=Trades/element=Trade"),
+        ("statement_to_delta", "delta/Trades/Trade"),
+    ):
+        manifest = xcom_of(run_id, task)
+        (tables,) = [
+            e
+            for e in lineage_events(f"{dag}.{task}")
+            if e["run"]["facets"]["airflow"]["dagRun"]["run_id"] == run_id
+        ] or [None]
+        assert tables, task
+        (read,) = tables["inputs"]
+        assert (
+            read["name"] == statement["name"]
+            and read["facets"]["version"]["datasetVersion"] == landed["sha256"]
+        )
+        written = {d["name"]: d for d in tables["outputs"]}
+        assert len(written) == len(manifest["tables"])
+        trades = written[f"{tmp_path}/ibflex/{layout}"]
+        assert (
+            trades["outputFacets"]["outputStatistics"]["rowCount"]
+            == manifest["tables"]["Trades/Trade"]["rows"]
+        )
+        fields = [f["name"] for f in trades["facets"]["schema"]["fields"]]
+        assert fields == [c["name"] for c in manifest["tables"]["Trades/Trade"]["columns"]]

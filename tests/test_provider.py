@@ -36,10 +36,11 @@ def test_provider_info_declares_the_connection_form() -> None:
 
 def test_providers_manager_sees_provider_and_hook() -> None:
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
-    manager = ProvidersManager()
-    assert "airflow-provider-ibflex" in manager.providers
-    hook = manager.hooks["ibflex"]
+    assert "airflow-provider-ibflex" in ProvidersManager().providers
+    # Hooks are the task runtime's to resolve (ProvidersManager.hooks is deprecated since 3.2).
+    hook = ProvidersManagerTaskRuntime().hooks["ibflex"]
     assert hook is not None and hook.hook_class_name.endswith("IBFlexHook")
     assert hook.hook_name == "Interactive Brokers Flex Web Service"
 

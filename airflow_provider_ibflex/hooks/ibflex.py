@@ -16,7 +16,7 @@ from typing import Any, Literal
 import requests
 import tenacity
 import urllib3
-from airflow.sdk import BaseHook, ObjectStoragePath
+from airflow.providers.common.compat.sdk import BaseHook, ObjectStoragePath
 
 from airflow_provider_ibflex import logredact
 from airflow_provider_ibflex.exceptions import IBFlexFatalError, IBFlexTransientError
@@ -90,6 +90,42 @@ class IBFlexHook(BaseHook):
     default_conn_name = "ibflex_default"
     conn_type = "ibflex"
     hook_name = "Interactive Brokers Flex Web Service"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden, relabelled and prefilled fields of the connection form, for Airflow before 3.2
+        (3.2 and later read the provider info)."""
+        from airflow_provider_ibflex import connection_type
+
+        # The provider info spells its keys with hyphens, the hook method with underscores.
+        behaviour = connection_type()["ui-field-behaviour"]
+        return {key.replace("-", "_"): value for key, value in behaviour.items()}
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The connection form's own fields, for Airflow before 3.2, built from the same field
+        definitions 3.2 and later read from the provider info. Numbers are text fields (the form
+        allows no decimal field); the connection reads them as numbers."""
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, StringField
+        from wtforms.validators import Optional
+
+        from airflow_provider_ibflex import connection_type
+
+        widgets: dict[str, Any] = {}
+        for name, field in connection_type()["conn-fields"].items():
+            schema = field["schema"]
+            default = schema.get("default")
+            kind = IntegerField if "integer" in schema["type"] else StringField
+            widgets[name] = kind(
+                lazy_gettext(field["label"]),
+                description=field["description"],
+                default=default if kind is IntegerField or default is None else str(default),
+                validators=[Optional()],
+                widget=BS3TextFieldWidget(),
+            )
+        return widgets
 
     def __init__(self, ibflex_conn_id: str = default_conn_name, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -6,8 +6,7 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.providers.common.compat.sdk import AirflowFailException, BaseOperator, Context
 
 from airflow_provider_ibflex.hooks.ibflex import IBFlexHook
 from airflow_provider_ibflex.protocol import FlexInputError, validate_query_id
@@ -62,3 +61,14 @@ class IBFlexSendRequestOperator(BaseOperator):
         """Killed mid-request: give the token's turn back at once (it would lapse by itself)."""
         if self._hook is not None:
             self._hook.on_kill()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the Flex query this task asked for (see ``lineage``).
+
+        :param task_instance: the finished task instance.
+        """
+        from airflow_provider_ibflex.lineage import operator_lineage, query_dataset
+
+        if self._hook is None:
+            return None
+        return operator_lineage([query_dataset(self._hook.settings.endpoints.host, str(self.query_id))], [])

@@ -15,8 +15,14 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow.sdk import Asset, BaseOperator, Context, ObjectStoragePath
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.providers.common.compat.sdk import (
+    AirflowFailException,
+    Asset,
+    BaseOperator,
+    Context,
+    ObjectStoragePath,
+)
+from airflow.providers.common.compat.version_compat import AIRFLOW_V_3_0_PLUS
 
 from airflow_provider_ibflex.protocol import FlexInputError
 from airflow_provider_ibflex.storage import report_lineage
@@ -59,6 +65,9 @@ def table_asset(
     scheme = "ibflex://delta" if output_format == "delta" else "ibflex://tables"
     uri = table_uri(destination, table, output_format) if destination else f"{scheme}/{section}/{element}"
     extra = {**kwargs.pop("extra", {}), TABLE_EXTRA: table}
+    if not AIRFLOW_V_3_0_PLUS:  # a Dataset: no name or group (Airflow 2 knows one by its URI alone)
+        kwargs.pop("name", None)
+        kwargs.pop("group", None)
     return Asset(uri=uri, extra=extra, **kwargs)
 
 
@@ -129,6 +138,7 @@ class IBFlexStatementToTablesOperator(BaseOperator):
         self.output_format = output_format
         self.merge_keys = merge_keys
         self.delta_storage_options = delta_storage_options
+        self._manifest: dict[str, Any] | None = None
         self.name = name
         self.previous_manifest = previous_manifest
         self.source_conn_id = source_conn_id
@@ -163,7 +173,25 @@ class IBFlexStatementToTablesOperator(BaseOperator):
                 f"{self.task_id}: {exc}; install 'airflow-provider-ibflex[tables]' where tasks run."
             ) from None
         self._report(context, manifest)
+        self._manifest = manifest
         return manifest
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the statement read (with its sha256) and each table written, with its schema
+        and the statement's rows (see ``lineage``).
+
+        :param task_instance: the finished task instance.
+        """
+        from airflow_provider_ibflex.lineage import operator_lineage, statement_dataset, table_datasets
+
+        manifest = self._manifest
+        if manifest is None:
+            return None
+        source = {**manifest["source"], "uri": manifest["source"]["uri"]}
+        folders = {
+            name: table_uri(manifest["destination"], name, self.output_format) for name in manifest["tables"]
+        }
+        return operator_lineage([statement_dataset(source, output=False)], table_datasets(manifest, folders))
 
     def _source(self) -> tuple[str, str | None]:
         statement = self.statement

@@ -502,7 +502,7 @@ def shared_store() -> BudgetStore:
     global _STORE, _STORE_SOURCE
     with _STORE_LOCK:
         if _STORE is None:
-            from airflow.sdk import BaseHook, conf
+            from airflow.providers.common.compat.sdk import BaseHook, conf
 
             conn_id = conf.get(SECTION, "rate_limit_conn_id", fallback="") or ""
             folder = conf.get(SECTION, "rate_limit_folder", fallback="") or ""

@@ -15,8 +15,16 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import BaseSensorOperator, Context, ObjectStoragePath, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+from airflow.providers.common.compat.sdk import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+    BaseSensorOperator,
+    Context,
+    ObjectStoragePath,
+    PokeReturnValue,
+    conf,
+)
 
 from airflow_provider_ibflex.exceptions import IBFlexFatalError, IBFlexTransientError
 from airflow_provider_ibflex.hooks.ibflex import IBFlexHook, StatementResult
@@ -52,12 +60,14 @@ class IBFlexStatementSensor(BaseSensorOperator):
     :param destination_conn_id: the storage connection (e.g. ``aws_default``), if the store needs one.
     :param url: the GetStatement URL from the operator's ``statement_url`` XCom (templated); used only
         if it is on a trusted host.
+    :param query_id: the Flex Query the statement comes from (templated): only named in the task's
+        OpenLineage events, as the statement's input.
     :param deferrable: wait in the triggerer instead of a worker slot.
     :param backoff_factor: deferrable mode: each wait is the previous one times this factor ...
     :param max_poke_interval: ... up to this many seconds.
     """
 
-    template_fields: Sequence[str] = ("reference_code", "destination", "url")
+    template_fields: Sequence[str] = ("reference_code", "destination", "url", "query_id")
     ui_color = "#d81f26"
 
     def __init__(
@@ -68,6 +78,7 @@ class IBFlexStatementSensor(BaseSensorOperator):
         ibflex_conn_id: str = IBFlexHook.default_conn_name,
         destination_conn_id: str | None = None,
         url: str | None = None,
+        query_id: str | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         backoff_factor: float = DEFAULT_BACKOFF_FACTOR,
         max_poke_interval: float = DEFAULT_MAX_POKE_INTERVAL,
@@ -79,10 +90,12 @@ class IBFlexStatementSensor(BaseSensorOperator):
         self.ibflex_conn_id = ibflex_conn_id
         self.destination_conn_id = destination_conn_id
         self.url = url
+        self.query_id = query_id
         self.deferrable = deferrable
         self.backoff_factor = backoff_factor
         self.max_poke_interval = max_poke_interval
         self._hook: IBFlexHook | None = None
+        self._metadata: dict[str, Any] | None = None
 
     def on_kill(self) -> None:
         """Killed mid-request: give the token's turn back at once (it would lapse by itself)."""
@@ -135,8 +148,9 @@ class IBFlexStatementSensor(BaseSensorOperator):
             hook.close()
 
     def _landed(self, context: Context, metadata: dict[str, Any]) -> dict[str, Any]:
-        from airflow.sdk import Asset
+        from airflow.providers.common.compat.sdk import Asset
 
+        self._metadata = metadata
         for outlet in self.outlets or []:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra.update(metadata)
@@ -214,3 +228,18 @@ class IBFlexStatementSensor(BaseSensorOperator):
             # unexpected. Worth the task's retries (and soft_fail skips it).
             raise AirflowException(f"{self.task_id}: {event.get('message')}")
         raise AirflowFailException(f"{self.task_id}: {event.get('message')}")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the landed statement, with its size and sha256, and the Flex query it comes
+        from when ``query_id`` is given (see ``lineage``).
+
+        :param task_instance: the finished task instance.
+        """
+        from airflow_provider_ibflex.lineage import operator_lineage, query_dataset, statement_dataset
+
+        if self._metadata is None:
+            return None
+        inputs = []
+        if self.query_id and self._hook is not None:
+            inputs.append(query_dataset(self._hook.settings.endpoints.host, str(self.query_id)))
+        return operator_lineage(inputs, [statement_dataset(self._metadata, output=True)])

@@ -28,11 +28,11 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import httpx
 from airflow.triggers.base import BaseTrigger, TriggerEvent
+from asgiref.sync import sync_to_async
 
 from airflow_provider_ibflex import logredact
 from airflow_provider_ibflex.pacing import (
@@ -116,9 +116,6 @@ def jittered(seconds: float) -> float:
     return max(seconds * (1 + random.uniform(-JITTER, JITTER)), 0.0)
 
 
-_CONNECTION_LOADER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibflex-connections")
-
-
 def _load_blocking(conn_id: str) -> tuple[FlexSettings, TokenBudget]:
     settings = load_settings(conn_id)
     return settings, TokenBudget(settings)
@@ -127,17 +124,18 @@ def _load_blocking(conn_id: str) -> tuple[FlexSettings, TokenBudget]:
 async def load_connection(conn_id: str) -> tuple[FlexSettings, TokenBudget]:
     """Load an ``ibflex`` connection, validate it and find its token's budget, without blocking the loop.
 
-    Loading a connection registers its password with Airflow's secrets masker, which recompiles one
-    pattern of every secret it knows (tens of milliseconds once a triggerer holds hundreds of tokens;
-    ``aget_connection`` does that on the loop). So the sync API runs in a worker thread instead: the
-    triggerer bridges its calls to the loop, and the compile never holds the loop. One thread for all:
-    several compiling at once would starve the loop of the GIL. The budget's store may load a
-    connection too, so it is found in the same thread.
+    The sync API runs in asgiref's ``sync_to_async`` thread, as Airflow's own triggers load theirs: in
+    a triggerer of Airflow 3.0 and 3.1 the connection comes from the supervisor through ``async_to_sync``,
+    which reaches the triggerer's loop only from such a thread (from any other it would run the request
+    on a loop of its own, away from the supervisor's socket). Loading a connection also registers its
+    password with Airflow's secrets masker, which recompiles one pattern of every secret it knows (tens
+    of milliseconds once a triggerer holds hundreds of tokens): that never holds the loop either, and
+    the one thread keeps several compiles from starving the loop of the GIL. The budget's store may load
+    a connection too, so it is found in the same call.
 
     :param conn_id: the connection id.
     """
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_CONNECTION_LOADER, _load_blocking, conn_id)
+    return await sync_to_async(_load_blocking, thread_sensitive=True)(conn_id)
 
 
 async def poll_statement(
