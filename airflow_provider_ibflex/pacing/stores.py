@@ -270,6 +270,9 @@ def redis_client_from_connection(conn: Any) -> Any:
         raise ImportError(
             "the Redis rate-limit store needs the redis package: pip install 'airflow-provider-ibflex[redis]'"
         ) from None
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     extra = conn.extra_dejson or {}
     db = extra.get("db", conn.schema or 0)
     return redis.Redis(
@@ -281,6 +284,10 @@ def redis_client_from_connection(conn: Any) -> Any:
         ssl=str(extra.get("ssl", "")).lower() in ("1", "true", "yes"),
         socket_timeout=10,
         socket_connect_timeout=10,
+        # One immediate retry reconnects a pooled connection the server dropped. Longer outages are
+        # waited out by the budget's own backoff, which logs the store and the error: redis-py's
+        # default (ten silent, jittered retries) would hide them for seconds.
+        retry=Retry(NoBackoff(), 1),
     )
 
 
