@@ -408,3 +408,55 @@ def test_rows_without_a_key_are_matched_by_their_place_in_their_statement(tmp_pa
         ("T1", decimal.Decimal("1")),
         ("T2", decimal.Decimal("2")),
     ]
+
+
+def test_a_merge_reads_only_the_files_whose_keys_it_can_match(tmp_path: Path) -> None:
+    """Every column has statistics (a Trade's key is its 41st), and the MERGE bounds the table's side
+    by the statement's keys: a file of trades outside them is not read at all. Without both, each
+    daily merge reads the table's whole history into memory."""
+    destination = tmp_path / "delta"
+    location = destination / "Trades" / "Trade"
+    convert_statement(land(tmp_path, 1), destination, output_format="delta", name="d1")
+    (first_day,) = DeltaTable(str(location)).file_uris()
+    assert DeltaTable(str(location)).metadata().configuration["delta.dataSkippingNumIndexedCols"] == "-1"
+    convert_statement(land(tmp_path, 20), destination, output_format="delta", name="d20")
+    # Day 1's trade (U1234567-1) lies outside day 21's keys (U1234567-15 to -21): take its file away.
+    hidden = tmp_path / "hidden.parquet"
+    Path(first_day.removeprefix("file://")).rename(hidden)
+    convert_statement(land(tmp_path, 21), destination, output_format="delta", name="d21")
+    hidden.rename(first_day.removeprefix("file://"))
+    trades = trades_of(location)
+    assert sorted(trades) == sorted(f"U1234567-{d}" for d in [1, *range(14, 22)])
+    assert (
+        trades["U1234567-15"]["notes"] == "as of day 21" and trades["U1234567-14"]["notes"] == "as of day 20"
+    )
+
+
+def test_a_statements_key_bounds_cover_only_its_rows_with_a_key() -> None:
+    from airflow_provider_ibflex.tables.delta import profile
+    from airflow_provider_ibflex.tables.keys import Rule
+
+    def batch(ids: list[str | None]) -> pa.RecordBatch:
+        n = len(ids)
+        return pa.record_batch(
+            {
+                "accountId": ["U1"] * n,
+                "statementFromDate": [datetime.date(2026, 11, 1)] * n,
+                "statementToDate": [datetime.date(2026, 11, 2)] * n,
+                "statementWhenGenerated": [datetime.datetime(2026, 11, 3, 8, 30)] * n,
+                "transactionID": pa.array(ids, pa.string()),
+                "reportDate": [datetime.date(2026, 11, d) for d in range(1, n + 1)],
+            }
+        )
+
+    found = profile(
+        iter([batch(["5", None, "", "7"]), batch(["6", "40", None])]), Rule("key", ("transactionID",))
+    )
+    assert found.keyless == 3 and found.bounds == {"transactionID": ("40", "7")}
+    assert found.within_bounds("t") == "t.\"transactionID\" >= '40' AND t.\"transactionID\" <= '7'"
+    by_date = profile(iter([batch(["1", "2", "it's"])]), Rule("key", ("transactionID", "reportDate")))
+    assert by_date.within_bounds("t") == (
+        "t.\"transactionID\" >= '1' AND t.\"transactionID\" <= 'it''s' AND "
+        "t.\"reportDate\" >= DATE '2026-11-01' AND t.\"reportDate\" <= DATE '2026-11-03'"
+    )
+    assert profile(iter([batch([None, ""])]), Rule("key", ("transactionID",))).within_bounds("t") == ""

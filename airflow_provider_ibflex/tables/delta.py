@@ -27,7 +27,7 @@ import datetime
 import logging
 import posixpath
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -143,10 +143,20 @@ class Profile:
 
     :param periods: their (account, period, generation time).
     :param keyless: how many have no value for the table's key (``key`` rule only).
+    :param bounds: each key column's smallest and largest value among them (``key`` rule only).
     """
 
     periods: list[Period]
     keyless: int = 0
+    bounds: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def within_bounds(self, alias: str) -> str:
+        """A SQL predicate that only rows whose keys lie within the statement's bounds meet: with it
+        a MERGE reads only the table's files whose statistics overlap them, not the whole history."""
+        return " AND ".join(
+            f"{alias}.{_quote(column)} >= {_literal(lo)} AND {alias}.{_quote(column)} <= {_literal(hi)}"
+            for column, (lo, hi) in self.bounds.items()
+        )
 
 
 def profile(batches: Iterator[pa.RecordBatch], rule: Rule) -> Profile:
@@ -157,14 +167,31 @@ def profile(batches: Iterator[pa.RecordBatch], rule: Rule) -> Profile:
     """
     found: dict[tuple[Any, ...], Period] = {}
     keyless = 0
+    bounds: dict[str, tuple[Any, Any]] = {}
     for batch in batches:
         table = pa.Table.from_batches([batch]).select([ACCOUNT, FROM, TO, WHEN])
         for row in table.group_by([ACCOUNT, FROM, TO, WHEN], use_threads=False).aggregate([]).to_pylist():
             period = Period(row[ACCOUNT], row[FROM], row[TO], row[WHEN])
             found[(period.account, period.start, period.end, period.generated)] = period
         if rule.kind == "key":
-            keyless += batch.num_rows - int(pc.sum(pc.cast(_keyed(batch, rule), pa.int64())).as_py() or 0)
-    return Profile(list(found.values()), keyless)
+            keyed = _keyed(batch, rule)
+            keyless += batch.num_rows - int(pc.sum(pc.cast(keyed, pa.int64())).as_py() or 0)
+            _widen(bounds, batch.filter(keyed), rule.keys)
+    return Profile(list(found.values()), keyless, bounds)
+
+
+def _widen(bounds: dict[str, tuple[Any, Any]], batch: pa.RecordBatch, columns: tuple[str, ...]) -> None:
+    if not batch.num_rows:
+        return
+    for column in columns:
+        values = batch.column(column)
+        if not (pa.types.is_string(values.type) or pa.types.is_date32(values.type)):
+            continue  # the keys IB gives are text and dates; other types are not bounded
+        extremes = pc.min_max(values).as_py()
+        lo, hi = extremes["min"], extremes["max"]
+        if column in bounds:
+            lo, hi = min(lo, bounds[column][0]), max(hi, bounds[column][1])
+        bounds[column] = (lo, hi)
 
 
 def _keyed(batch: pa.RecordBatch, rule: Rule) -> pa.Array:
@@ -200,8 +227,8 @@ def held(dt: Any, periods: list[Period], rule: Rule) -> Held:
     names = [field.name for field in dt.schema().fields]
     if WHEN not in names:
         return Held(set(), False)
-    accounts = sorted({p.account for p in periods if p.account is not None})
-    where = f"WHERE {_quote(ACCOUNT)} IN ({', '.join(_literal(a) for a in accounts)})" if accounts else ""
+    # Only the statement's periods: the files' statistics then spare reading the rest of the history.
+    where = f"WHERE {' OR '.join(p.predicate() for p in periods)}" if periods else ""
     keys = [k for k in rule.keys if k in names] if rule.kind == "key" else []
     unkeyed = " AND ".join(f"NOT {_present(_quote(k))}" for k in keys) if len(keys) == len(rule.keys) else ""
     counted = f"sum(CASE WHEN {unkeyed} THEN 1 ELSE 0 END)" if keys and unkeyed else "0"
@@ -304,6 +331,8 @@ def _write_once(
         same_key = " AND ".join(f"t.{_quote(k)} = s.{_quote(k)}" for k in keys)
         target_unkeyed = " AND ".join(f"NOT {_present('t.' + _quote(k))}" for k in keys)
         predicate = f"{keyed} AND {same_key}"
+        if found.bounds:
+            predicate = f"{predicate} AND {found.within_bounds('t')}"
         if found.keyless:
             # Rows without a key are matched by their place in their statement.
             unkeyed = " AND ".join(f"NOT {_present('s.' + _quote(k))}" for k in keys)
@@ -334,6 +363,12 @@ def _write_once(
     return {"version": version, "skipped_periods": len(stale), "metrics": metrics}
 
 
+# Statistics for every column, not Delta's default first 32: the keys sit further right (a Trade's
+# transactionID is its 41st column), and a MERGE prunes the table's files only by columns that have
+# them. Without, each merge reads the whole history into memory.
+TABLE_PROPERTIES = {"delta.dataSkippingNumIndexedCols": "-1"}
+
+
 def _open_or_create(location: str, options: dict[str, str], schema: pa.Schema) -> Any:
     """The table at ``location``, created empty (with ``schema``) if there is none yet: every write
     then merges or replaces, so two writers creating it at once cannot both append."""
@@ -342,7 +377,13 @@ def _open_or_create(location: str, options: dict[str, str], schema: pa.Schema) -
 
     if not DeltaTable.is_deltatable(location, storage_options=options or None):
         try:
-            DeltaTable.create(location, schema, mode="ignore", storage_options=options or None)
+            DeltaTable.create(
+                location,
+                schema,
+                mode="ignore",
+                storage_options=options or None,
+                configuration=TABLE_PROPERTIES,
+            )
         except (CommitFailedError, OSError):
             pass  # another writer created it first
         except Exception as exc:  # delta-rs reports a lost race in several ways
